@@ -1,0 +1,195 @@
+"""The training-loop contract: ``optimizer.step(closure)``.
+
+Every curvlab optimizer, first-order baselines included, is driven the way
+:class:`torch.optim.LBFGS` is: ``loss = opt.step(closure)``. The closure
+evaluates the loss on the current mini-batch and, by default, clears the
+gradients and back-propagates. An optimizer may call it several times per
+step (K-BFGS re-evaluates the same batch after moving the weights).
+
+Some methods need more than a plain closure. They ask for it through
+keyword options, which :class:`LossClosure` (built with
+:func:`curvlab.closure`) honours and which a hand-written closure may honour
+too by accepting the same keywords:
+
+``backward`` (default ``True``)
+    ``False``: return the loss with its autograd graph and leave ``.grad``
+    untouched (GroupedNewton differentiates it itself).
+``create_graph`` (default ``False``)
+    Back-propagate with ``create_graph=True`` so that Hessian-vector products
+    are possible (AdaHessian, Sophia-H).
+``fresh`` (default ``False``)
+    Evaluate on a separate mini-batch drawn from the closure's batch source
+    instead of the current one (GroupedNewton's tensors).
+
+Which options an optimizer needs is declared in its
+:class:`~curvlab.optimizer.OptimizerMeta` (``closure_options``), so the
+harness never special-cases names. A plain zero-argument closure works for
+every optimizer that needs no option; one that needs an option and gets a
+plain closure raises a :class:`ValueError` that says how to build one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CLOSURE_OPTIONS", "Closure", "LossClosure", "call_closure", "closure"]
+
+CLOSURE_OPTIONS = ("backward", "create_graph", "fresh")
+
+Batch = tuple[Any, Any]
+
+
+class Closure(Protocol):
+    """What ``step`` accepts: a callable returning the loss.
+
+    A closure that supports the options of the training-loop contract
+    accepts them as keywords; a plain ``closure()`` is also fine for
+    optimizers that need none.
+    """
+
+    def __call__(self, **options: bool) -> Tensor:  # pragma: no cover - protocol
+        """Evaluate the loss (see the module docstring for the options)."""
+        ...
+
+
+class LossClosure:
+    """A closure over one mini-batch that honours every contract option.
+
+    ``L = loss_fn(model(inputs), targets)``; with ``backward=True`` the
+    gradients of the model's parameters are cleared (set to ``None``) and
+    ``L.backward(create_graph=create_graph)`` is run.
+
+    Args:
+        model: The network.
+        loss_fn: Loss module or function ``(outputs, targets) -> scalar``.
+        inputs: Mini-batch inputs.
+        targets: Mini-batch targets.
+        batches: Optional source of separate mini-batches ``(inputs,
+            targets)`` for ``fresh=True`` (an iterator, or a zero-argument
+            callable returning a batch). Without it ``fresh=True`` falls back
+            to the current batch.
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Linear(3, 1)
+        >>> c = LossClosure(model, torch.nn.MSELoss(), torch.ones(4, 3), torch.zeros(4, 1))
+        >>> loss = c()
+        >>> model.weight.grad.shape
+        torch.Size([1, 3])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Tensor, Any], Tensor],
+        inputs: Any,
+        targets: Any,
+        batches: Iterator[Batch] | Callable[[], Batch] | None = None,
+    ) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.inputs = inputs
+        self.targets = targets
+        self.batches = batches
+        self.evaluations = 0
+
+    def _fresh_batch(self) -> Batch:
+        if self.batches is None:
+            return self.inputs, self.targets
+        if callable(self.batches):
+            return self.batches()
+        return next(self.batches)
+
+    def __call__(
+        self, *, backward: bool = True, create_graph: bool = False, fresh: bool = False
+    ) -> Tensor:
+        """Evaluate the loss; see the class docstring for the options."""
+        inputs, targets = self._fresh_batch() if fresh else (self.inputs, self.targets)
+        self.evaluations += 1
+        with torch.enable_grad():
+            loss = self.loss_fn(self.model(inputs), targets)
+            if backward:
+                for p in self.model.parameters():
+                    p.grad = None
+                loss.backward(create_graph=create_graph)
+        return loss
+
+
+def closure(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Any], Tensor],
+    inputs: Any,
+    targets: Any,
+    *,
+    batches: Iterator[Batch] | Callable[[], Batch] | None = None,
+) -> LossClosure:
+    """Build the standard closure for one mini-batch (see :class:`LossClosure`).
+
+    Example:
+        >>> import torch, curvlab
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = curvlab.create("sgd", model, torch.nn.MSELoss(), lr=0.1)
+        >>> x, y = torch.randn(8, 2), torch.randn(8, 1)
+        >>> loss = opt.step(curvlab.closure(model, torch.nn.MSELoss(), x, y))
+        >>> bool(torch.isfinite(loss))
+        True
+    """
+    return LossClosure(model, loss_fn, inputs, targets, batches)
+
+
+def _accepted_options(fn: Callable[..., Any]) -> frozenset[str]:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature
+        return frozenset()
+    params = sig.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return frozenset(CLOSURE_OPTIONS)
+    return frozenset(p.name for p in params if p.name in CLOSURE_OPTIONS)
+
+
+def call_closure(fn: Callable[..., Tensor], *, who: str = "this optimizer", **options: bool) -> Tensor:
+    """Call ``fn`` with the contract ``options`` it needs, checking it accepts them.
+
+    Options left at their default are not passed, so a plain ``closure()``
+    works whenever nothing special is asked for.
+
+    Args:
+        fn: The user's closure.
+        who: Optimizer name used in the error message.
+        **options: Values for ``backward``, ``create_graph``, ``fresh``.
+
+    Returns:
+        Whatever the closure returns (the loss).
+
+    Raises:
+        ValueError: an option is unknown, or is needed but not accepted by ``fn``.
+
+    Example:
+        >>> call_closure(lambda: 3.0)
+        3.0
+        >>> call_closure(lambda: 3.0, who="adahessian", create_graph=True)
+        Traceback (most recent call last):
+        ...
+        ValueError: adahessian needs a closure accepting create_graph=...; build one with curvlab.closure(model, loss_fn, inputs, targets)
+    """
+    defaults = {"backward": True, "create_graph": False, "fresh": False}
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown closure option(s) {sorted(unknown)}; allowed: {CLOSURE_OPTIONS}")
+    wanted = {k: v for k, v in options.items() if v != defaults[k]}
+    if not wanted:
+        return fn()
+    missing = set(wanted) - _accepted_options(fn)
+    if missing:
+        names = ", ".join(f"{m}=..." for m in sorted(missing))
+        raise ValueError(
+            f"{who} needs a closure accepting {names}; build one with "
+            "curvlab.closure(model, loss_fn, inputs, targets)"
+        )
+    return fn(**wanted)

@@ -1,0 +1,1 @@
+"""Shared curvature building blocks (Kronecker factors, EMA, damping, BFGS updates)."""

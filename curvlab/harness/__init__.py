@@ -1,0 +1,1 @@
+"""The comparison harness: problems, runs, results store, metrics, reports."""

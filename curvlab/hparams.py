@@ -1,0 +1,261 @@
+"""Hyper-parameter schemas: declare once, validate, document and tune from it.
+
+Every optimizer declares its hyper-parameters exactly once as a
+:class:`Schema` of :class:`HParam` entries. Validation (with errors that name
+the parameter, the value and the allowed range), :func:`curvlab.info`, the
+CLI's ``--help``, the documentation tables and the tuning grids of the
+comparison harness are all derived from that declaration.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["HParam", "Schema"]
+
+_SCALARS = (bool, int, float, str)
+
+
+@dataclass(frozen=True)
+class HParam:
+    """Declaration of one hyper-parameter.
+
+    A value ``v`` is valid when it has type :attr:`type` (ints are accepted
+    for floats), lies in the interval given by :attr:`low`/:attr:`high`
+    (closed or open ends as set by :attr:`low_open`/:attr:`high_open`), is one
+    of :attr:`choices` when those are given, or is ``None`` when
+    :attr:`optional` is set.
+
+    Args:
+        name: Keyword the optimizer accepts.
+        type: One of ``float``, ``int``, ``bool``, ``str`` or ``tuple``
+            (a tuple of floats, e.g. Adam's betas; bounds apply per entry).
+        default: Value used when the keyword is omitted (from the paper).
+        doc: One-line description (shown by ``curvlab info`` and the docs).
+        low: Smallest allowed value (``None``: unbounded).
+        high: Largest allowed value (``None``: unbounded).
+        low_open: Exclude ``low`` itself (``x > low`` instead of ``x >= low``).
+        high_open: Exclude ``high`` itself.
+        choices: Allowed values for string options (validated strings).
+        optional: ``None`` is allowed (feature switched off).
+        grid: Values the harness tries when tuning this knob (empty: not tuned).
+        length: Required length for ``tuple`` parameters.
+
+    Example:
+        >>> lr = HParam("lr", float, 0.1, "step size", low=0.0, low_open=True)
+        >>> lr.check(0.5)
+        0.5
+        >>> lr.check(-1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: lr must be in (0.0, inf), got -1.0
+    """
+
+    name: str
+    type: type
+    default: Any
+    doc: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] | None = None
+    optional: bool = False
+    grid: tuple[Any, ...] = ()
+    length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in (*_SCALARS, tuple):
+            raise TypeError(f"HParam {self.name}: unsupported type {self.type!r}")
+        if self.default is not None or not self.optional:
+            self.check(self.default)
+        for value in self.grid:
+            self.check(value)
+
+    @property
+    def range_text(self) -> str:
+        """Human-readable allowed range, e.g. ``(0, inf)`` or ``{'pi', 'equal'}``."""
+        if self.choices is not None:
+            text = "{" + ", ".join(repr(c) for c in self.choices) + "}"
+        elif self.type is bool:
+            text = "{True, False}"
+        elif self.low is None and self.high is None:
+            text = f"any {self.type.__name__}"
+        else:
+            lo = -math.inf if self.low is None else self.low
+            hi = math.inf if self.high is None else self.high
+            left = "(" if (self.low_open or self.low is None) else "["
+            right = ")" if (self.high_open or self.high is None) else "]"
+            text = f"{left}{lo}, {hi}{right}"
+        return text + (" or None" if self.optional else "")
+
+    def _in_range(self, x: float) -> bool:
+        if isinstance(x, float) and math.isnan(x):
+            return False
+        if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
+            return False
+        if self.high is not None and (x > self.high or (self.high_open and x == self.high)):
+            return False
+        return True
+
+    def check(self, value: Any) -> Any:
+        """Validate ``value`` and return it normalised (ints become floats for floats).
+
+        Raises:
+            ValueError: the value has the wrong type or lies outside the range;
+                the message names the parameter, the value and the rule.
+        """
+        if value is None and self.optional:
+            return None
+        bad = ValueError(f"{self.name} must be in {self.range_text}, got {value!r}")
+        if self.type is tuple:
+            if not isinstance(value, (tuple, list)) or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) for v in value
+            ):
+                raise ValueError(f"{self.name} must be a tuple of numbers, got {value!r}")
+            if self.length is not None and len(value) != self.length:
+                raise ValueError(
+                    f"{self.name} must have {self.length} entries, got {len(value)}: {value!r}"
+                )
+            if not all(self._in_range(float(v)) for v in value):
+                raise ValueError(
+                    f"every entry of {self.name} must be in {self.range_text}, got {value!r}"
+                )
+            return tuple(float(v) for v in value)
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        if self.type is str:
+            if not isinstance(value, str):
+                raise bad
+            if self.choices is not None and value not in self.choices:
+                close = difflib.get_close_matches(value, [str(c) for c in self.choices], n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{self.name} must be one of {self.range_text}, got {value!r}{hint}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if self.type is int:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise bad
+                value = int(value)
+        else:
+            value = float(value)
+        if self.choices is not None and value not in self.choices:
+            raise bad
+        if not self._in_range(value):
+            raise bad
+        return value
+
+
+@dataclass(frozen=True)
+class Schema(Sequence):
+    """An ordered, immutable collection of :class:`HParam` declarations.
+
+    Args:
+        params: The declarations, in the order they are documented.
+
+    Example:
+        >>> schema = Schema([
+        ...     HParam("lr", float, 0.1, "step size", low=0.0, low_open=True),
+        ...     HParam("momentum", float, 0.9, "heavy-ball coefficient", low=0.0, high=1.0,
+        ...            high_open=True),
+        ... ])
+        >>> schema.validate({"lr": 0.5})
+        {'lr': 0.5, 'momentum': 0.9}
+        >>> schema.validate({"lrr": 0.5})
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown hyper-parameter 'lrr' (did you mean 'lr'?); allowed: lr, momentum
+    """
+
+    params: tuple[HParam, ...] = field(default_factory=tuple)
+
+    def __init__(self, params: Iterable[HParam] = ()) -> None:
+        params = tuple(params)
+        names = [p.name for p in params]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate hyper-parameter declarations: {', '.join(dupes)}")
+        object.__setattr__(self, "params", params)
+
+    def __getitem__(self, key):  # type: ignore[override]
+        """Look a declaration up by position or by name."""
+        if isinstance(key, str):
+            for p in self.params:
+                if p.name == key:
+                    return p
+            raise KeyError(key)
+        return self.params[key]
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def __iter__(self) -> Iterator[HParam]:
+        return iter(self.params)
+
+    def __contains__(self, name: object) -> bool:
+        return any(p.name == name for p in self.params)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Declared names, in order."""
+        return tuple(p.name for p in self.params)
+
+    def defaults(self) -> dict[str, Any]:
+        """All defaults as a new dict."""
+        return {p.name: p.default for p in self.params}
+
+    def validate(self, values: Mapping[str, Any], *, partial: bool = False) -> dict[str, Any]:
+        """Check ``values`` and return them completed with defaults.
+
+        Args:
+            values: User-supplied keyword values.
+            partial: Only check and return the given keys (used for
+                ``add_param_group`` overrides), without filling defaults.
+
+        Returns:
+            A new dict, in declaration order.
+
+        Raises:
+            ValueError: an unknown name (with a close match and the allowed
+                names) or a value outside its declared range.
+        """
+        for key in values:
+            if key not in self:
+                close = difflib.get_close_matches(key, self.names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(
+                    f"unknown hyper-parameter {key!r}{hint}; allowed: {', '.join(self.names)}"
+                )
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if p.name in values:
+                out[p.name] = p.check(values[p.name])
+            elif not partial:
+                out[p.name] = p.default
+        return out
+
+    def table(self) -> list[dict[str, str]]:
+        """Rows (name, type, default, range, doc) for docs and ``curvlab info``.
+
+        Example:
+            >>> Schema([HParam("lr", float, 0.1, "step size", low=0.0)]).table()[0]["range"]
+            '[0.0, inf)'
+        """
+        return [
+            {
+                "name": p.name,
+                "type": p.type.__name__,
+                "default": repr(p.default),
+                "range": p.range_text,
+                "doc": p.doc,
+            }
+            for p in self.params
+        ]

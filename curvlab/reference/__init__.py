@@ -1,0 +1,1 @@
+"""Dense float64 oracles (Hessian, GGN, Fisher, directional derivatives) for tests."""
