@@ -1,0 +1,62 @@
+"""The training-loop contract: closure options and how optimizers ask for them."""
+
+import pytest
+import torch
+
+import curvlab
+from curvlab.closure import call_closure
+
+
+def test_loss_closure_options():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x, y = torch.randn(4, 3), torch.randn(4, 1)
+    x2, y2 = torch.randn(4, 3), torch.randn(4, 1)
+    c = curvlab.closure(model, torch.nn.MSELoss(), x, y, batches=iter([(x2, y2)]))
+    loss = c(backward=False)
+    assert model.weight.grad is None and loss.requires_grad
+    (g,) = torch.autograd.grad(c(backward=False, fresh=True), model.weight)
+    expected = torch.autograd.grad(torch.nn.functional.mse_loss(model(x2), y2), model.weight)[0]
+    torch.testing.assert_close(g, expected)
+    c(create_graph=True)
+    assert model.weight.grad.requires_grad  # graph kept for Hessian-vector products
+    assert c.evaluations == 3
+
+
+def test_plain_closure_works_when_nothing_special_is_needed():
+    assert call_closure(lambda: 1.5, backward=True, create_graph=False, fresh=False) == 1.5
+
+
+def test_needed_option_on_plain_closure_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs a closure accepting fresh=...; build one with curvlab.closure"):
+        call_closure(lambda: 1.0, who="demo", fresh=True)
+
+
+def test_kwargs_closure_receives_options():
+    seen = {}
+
+    def custom(**opts):
+        seen.update(opts)
+        return 0.0
+
+    call_closure(custom, backward=False, fresh=True)
+    assert seen == {"backward": False, "fresh": True}
+
+
+def test_requires_closure_is_enforced():
+    from curvlab_plugins.baselines import SGD
+
+    class NeedsClosure(SGD):
+        meta = SGD.meta.__class__(summary="x", requires_closure=True)
+
+    opt = NeedsClosure(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"needs step\(closure\)"):
+        opt.step()
+
+
+def test_state_dict_without_curvlab_entry_is_rejected():
+    model = torch.nn.Linear(2, 2)
+    opt = curvlab.create("sgd", model)
+    torch_sd = torch.optim.SGD(model.parameters(), lr=0.1).state_dict()
+    with pytest.raises(ValueError, match="no 'curvlab' entry"):
+        opt.load_state_dict(torch_sd)
