@@ -1,0 +1,33 @@
+# README's two commands are `make install` and `make test`; CI (.ci/run) runs `make test`.
+PYTHON ?= python3
+PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+REPORT ?= curvlab-results
+
+.PHONY: install test lint pytest docs slow bench
+
+## Install everything (CPU torch pinned via constraints.txt) and run the main job.
+install:
+	$(PIP_INSTALL) -e ".[peers]"
+	$(PYTHON) -m curvlab.cli compare --problem digits-mlp --optimizers all --report $(REPORT)
+
+## Install test dependencies, lint, run the test suite and build the docs (what CI runs).
+test:
+	$(PIP_INSTALL) -e ".[test,docs,peers]"
+	$(MAKE) lint pytest docs
+
+lint:
+	$(PYTHON) -m ruff check .
+
+pytest:
+	$(PYTHON) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+docs:
+	$(PYTHON) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+## Long-running checks (paper-style comparisons); not part of CI.
+slow:
+	$(PYTHON) -m pytest -q -m slow
+
+bench:
+	$(PYTHON) benchmarks/step_time.py
