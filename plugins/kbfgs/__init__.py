@@ -1,1 +1,5 @@
-"""Backend package (implementation in progress)."""
+"""K-BFGS and K-BFGS(L) backends (Goldfarb, Ren & Bahamou, NeurIPS 2020)."""
+
+from curvlab_plugins.kbfgs.optimizer import KBFGS, KBFGSL
+
+__all__ = ["KBFGS", "KBFGSL"]

@@ -1,0 +1,124 @@
+r"""Hooks that record what K-BFGS needs from each ``Linear`` layer in one evaluation.
+
+For a layer :math:`h = W a` (bias folded in through the homogeneous input
+:math:`a = (x, 1)`) and a batch of :math:`N` rows (leading dimensions are
+flattened, so a sequence model's positions count as rows):
+
+* ``A``: :math:`\frac1N \sum_n a_n a_n^\top` (only when inputs are recorded),
+* ``a_mean``: :math:`\bar a = \frac1N \sum_n a_n` (last entry 1 with a bias),
+* ``h_mean``: :math:`\bar h = \frac1N \sum_n h_n`,
+* ``g_mean``: :math:`\bar g = \frac1N \sum_n \partial \ell_n / \partial h_n`,
+  the mean per-example gradient of the *summed* loss
+  :math:`\sum_n \ell_n`. The closure's loss is taken to be the batch mean
+  :math:`L = \frac1N \sum_n \ell_n` (curvlab's convention), so
+  :math:`\partial \ell_n / \partial h_n = N\, \partial L / \partial h_n` and
+  :math:`\bar g = \sum_n \partial L / \partial h_n`; with
+  ``loss_is_sum=True`` (``loss_fn.reduction == "sum"``) it is
+  :math:`\frac1N \sum_n \partial L / \partial h_n`.
+
+``g_mean`` comes from a tensor hook on the layer output, so it is filled in
+during the closure's backward pass. Hooks are active only inside
+:meth:`PreactivationCapture.recording`; the records live on the instance
+(no module-level state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["PreactivationCapture"]
+
+
+class PreactivationCapture:
+    """Forward hooks (and output tensor hooks) on named ``Linear`` layers.
+
+    Args:
+        layers: ``{name: module}`` (from :func:`curvlab.curvature.layers.find_layers`).
+        loss_is_sum: The closure's loss is a sum over rows, not a mean.
+        who: Optimizer name for error messages.
+
+    Example:
+        >>> lin = nn.Linear(2, 3)
+        >>> cap = PreactivationCapture({"0": lin})
+        >>> x = torch.ones(4, 2)
+        >>> with cap.recording(inputs=True):
+        ...     lin(x).mean().backward()
+        >>> rec = cap.records["0"]
+        >>> rec["a_mean"].tolist(), rec["A"].shape, rec["g_mean"].shape
+        ([1.0, 1.0, 1.0], torch.Size([3, 3]), torch.Size([3]))
+        >>> cap.remove()
+    """
+
+    def __init__(
+        self, layers: Mapping[str, nn.Module], *, loss_is_sum: bool = False, who: str = "kbfgs"
+    ) -> None:
+        self.layers = dict(layers)
+        self.loss_is_sum = loss_is_sum
+        self.who = who
+        self.records: dict[str, dict[str, Tensor]] = {}
+        self._active = False
+        self._inputs = False
+        self._handles = [
+            module.register_forward_hook(self._make_hook(name)) for name, module in self.layers.items()
+        ]
+
+    def _make_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+            if self._active:
+                self._record(name, module, args[0], output)
+
+        return hook
+
+    def _record(self, name: str, module: nn.Module, x: Tensor, h: Tensor) -> None:
+        if name in self.records:
+            raise ValueError(
+                f"{self.who}: layer model.{name} ran twice in one evaluation; "
+                "shared (re-used) layers are not supported"
+            )
+        rec: dict[str, Tensor] = {}
+        self.records[name] = rec
+        with torch.no_grad():
+            h2 = h.detach().reshape(-1, h.shape[-1])
+            rec["h_mean"] = h2.mean(0)
+            if self._inputs:
+                x2 = x.detach().reshape(-1, x.shape[-1])
+                if getattr(module, "bias", None) is not None:
+                    x2 = torch.cat([x2, x2.new_ones(x2.shape[0], 1)], dim=1)
+                rec["a_mean"] = x2.mean(0)
+                rec["A"] = (x2.T @ x2) / x2.shape[0]
+        if h.requires_grad:
+            rows = h2.shape[0]
+
+            def grad_hook(g: Tensor) -> None:
+                g2 = g.detach().reshape(-1, g.shape[-1])
+                rec["g_mean"] = g2.sum(0) / rows if self.loss_is_sum else g2.sum(0)
+
+            h.register_hook(grad_hook)
+
+    @contextmanager
+    def recording(self, *, inputs: bool) -> Iterator[dict[str, dict[str, Tensor]]]:
+        """Record the layers during the block (clears earlier records).
+
+        Args:
+            inputs: Also record ``A`` and ``a_mean`` (first evaluation of a step).
+
+        Yields:
+            The records dict, ``{layer: {"h_mean", "g_mean", ["A", "a_mean"]}}``.
+        """
+        self.records = {}
+        self._active, self._inputs = True, inputs
+        try:
+            yield self.records
+        finally:
+            self._active = False
+
+    def remove(self) -> None:
+        """Remove the forward hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
