@@ -1,1 +1,5 @@
-"""Backend package (implementation in progress)."""
+"""K-FAC backend (factors from BackPACK), registered as ``kfac``."""
+
+from curvlab_plugins.kfac.optimizer import KFAC
+
+__all__ = ["KFAC"]

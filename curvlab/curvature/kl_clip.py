@@ -1,0 +1,60 @@
+r"""KL-clipping: rescale a preconditioned step so its predicted change stays bounded.
+
+With :math:`v_l` the preconditioned gradient of block :math:`l`,
+:math:`g_l` its gradient and :math:`\alpha` the learning rate, the
+quadratic model predicts the step :math:`-\alpha v` to change the output
+distribution by about :math:`\alpha^2 \sum_l \langle v_l, g_l \rangle`
+(since :math:`v = F^{-1} g`, :math:`\alpha^2 v^\top F v = \alpha^2
+\langle v, g\rangle`). Every :math:`v_l` is multiplied by
+
+.. math::
+
+    \nu = \min\Big(1, \sqrt{\frac{\kappa}{\alpha^2 \sum_l \langle v_l, g_l\rangle}}\Big)
+
+(Ba, Grosse & Martens 2017; the rule used by common PyTorch K-FAC code).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+__all__ = ["kl_clip_factor"]
+
+
+def kl_clip_factor(
+    directions: Iterable[Tensor], grads: Iterable[Tensor], lr: float, bound: float
+) -> float:
+    r"""The scale :math:`\nu` of KL-clipping (see the module docstring).
+
+    Args:
+        directions: Preconditioned gradients :math:`v_l`.
+        grads: Gradients :math:`g_l`, same shapes, same order.
+        lr: Learning rate :math:`\alpha \ge 0`.
+        bound: :math:`\kappa > 0`.
+
+    Returns:
+        :math:`\nu \in (0, 1]`; ``1.0`` when :math:`\alpha = 0` or
+        :math:`\sum_l \langle v_l, g_l\rangle \le 0` (nothing to clip).
+
+    Raises:
+        ValueError: ``bound`` not > 0.
+
+    Example:
+        >>> import torch
+        >>> v, g = [torch.tensor([2.0, 0.0])], [torch.tensor([2.0, 1.0])]
+        >>> kl_clip_factor(v, g, lr=1.0, bound=1.0)  # sqrt(1 / 4)
+        0.5
+        >>> kl_clip_factor(v, g, lr=0.1, bound=1.0)
+        1.0
+    """
+    if not bound > 0:
+        raise ValueError(f"KL-clip bound must be > 0, got {bound!r}")
+    dots = [torch.sum(v * g.to(v.dtype)).double() for v, g in zip(directions, grads)]
+    vg = float(torch.stack(dots).sum()) * lr * lr if dots else 0.0
+    if not vg > 0 or not math.isfinite(vg):
+        return 1.0
+    return min(1.0, math.sqrt(bound / vg))

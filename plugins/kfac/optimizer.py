@@ -1,0 +1,263 @@
+r"""K-FAC with Kronecker factors from BackPACK (``KFAC``: Monte-Carlo Fisher, ``KFLR``: exact GGN).
+
+Algorithm (one ``step(closure)``, :math:`t` counting committed steps):
+
+1. if :math:`t \bmod T_f = 0`: run the closure inside ``with backpack(ext)``;
+   BackPACK leaves ``weight.kfac = [G, A]`` and ``bias.kfac = [G]`` (``kflr``
+   for the exact GGN) and the factors enter bias-corrected EMAs
+   (:mod:`curvlab.curvature.ema`); otherwise a plain closure call;
+2. if :math:`t \bmod T_i = 0`: damped inverses
+   :math:`(G+\lambda_G I)^{-1}, (A+\lambda_A I)^{-1}` with
+   :math:`\lambda_A\lambda_G = \lambda` split by the π-heuristic or equally
+   (:mod:`curvlab.curvature.tikhonov`); a bias block :math:`G \otimes 1`
+   gets :math:`(G+\lambda I)^{-1}`;
+3. directions :math:`V = (G+\lambda_G I)^{-1} \nabla W (A+\lambda_A I)^{-1}`
+   (:mod:`curvlab.curvature.kronecker_preconditioner`), optionally scaled by
+   KL-clipping :math:`\nu = \min(1, \sqrt{\kappa / \sum_l \alpha^2 \langle V_l, \nabla W_l\rangle})`;
+4. SGD with momentum and weight decay on the directions (:mod:`curvlab.curvature.momentum`).
+
+NaN guard: new factors and inverses are checked before they are committed;
+a non-finite one skips the step (nothing changes). Monte-Carlo targets are
+drawn from a private RNG state kept in ``curv_state`` (resume is bitwise).
+
+Construction calls ``backpack.extend`` on the *user's* model and loss
+module (it registers forward/backward hooks on them); the closure must use
+exactly these two objects.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from backpack import backpack, disable, extend
+from backpack.extensions import KFAC as BackpackKFAC
+from backpack.extensions import KFLR
+from backpack.extensions.secondorder.hbp.losses import (
+    HBPCrossEntropyLoss,
+    HBPMSELoss,
+)
+from torch import Tensor, nn
+
+from curvlab.closure import call_closure
+from curvlab.curvature.kl_clip import kl_clip_factor
+from curvlab.curvature.kronecker import KroneckerBlock
+from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
+from curvlab.curvature.momentum import momentum_step_
+from curvlab.hparams import HParam, Schema
+from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
+from curvlab_plugins.kfac.backpack_bce import HBPSoftBCEWithLogitsLoss
+from curvlab_plugins.kfac.seeded import SeededLossExtension
+from curvlab_plugins.kfac.support import check_loss, check_model
+
+__all__ = ["KFAC", "kfac_blocks"]
+
+_HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
+
+
+def kfac_blocks(layers: dict[str, nn.Module]) -> list[KroneckerBlock]:
+    """K-FAC's blocks in BackPACK's layout: ``name.weight`` (:math:`G ⊗ A`), ``name.bias`` (:math:`G`).
+
+    Example:
+        >>> [(b.name, b.factors) for b in kfac_blocks({"0": nn.Linear(2, 3)})]
+        [('0.weight', ('G', 'A')), ('0.bias', ('G',))]
+    """
+    blocks = []
+    for name, layer in layers.items():
+        if layer.weight.requires_grad:
+            blocks.append(KroneckerBlock(f"{name}.weight", (layer.weight,), ("G", "A")))
+        if layer.bias is not None and layer.bias.requires_grad:
+            blocks.append(KroneckerBlock(f"{name}.bias", (layer.bias,), ("G",)))
+    return blocks
+
+
+class KFAC(CurvatureOptimizer):
+    """K-FAC (Martens & Grosse 2015; Grosse & Martens 2016) with BackPACK's factors.
+
+    See the module docstring for the algorithm. Supported: ``nn.Sequential``
+    models of ``Linear``/``Conv2d`` layers and BackPACK's parameter-free
+    modules; ``MSELoss``, ``CrossEntropyLoss``, ``BCEWithLogitsLoss`` (soft
+    targets, many outputs); anything else raises :class:`ValueError` at
+    construction (:mod:`curvlab_plugins.kfac.support`).
+
+    Example:
+        >>> import torch, curvlab
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        >>> loss_fn = torch.nn.CrossEntropyLoss()
+        >>> opt = curvlab.create("kfac", model, loss_fn, lr=0.1)
+        >>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+        >>> losses = [float(opt.step(curvlab.closure(model, loss_fn, x, y)).detach()) for _ in range(5)]
+        >>> losses[-1] < losses[0]
+        True
+        >>> sorted(opt.curv_state["blocks"])
+        ['0.bias', '0.weight']
+    """
+
+    name = "kfac"
+    schema = Schema(
+        [
+            HParam("lr", float, 0.01, "step size α", low=0.0, grid=(0.3, 0.1, 0.03, 0.01, 0.003)),
+            HParam("damping", float, 0.03, "Tikhonov damping λ of the Kronecker blocks", low=0.0,
+                   low_open=True, grid=(0.3, 0.1, 0.03, 0.01, 0.003)),
+            HParam("damping_heuristic", str, "pi", "split of λ between A and G",
+                   choices=("pi", "equal")),
+            HParam("fisher_type", str, "mc",
+                   "'mc': BackPACK KFAC (sampled Fisher); 'exact': BackPACK KFLR (exact GGN)",
+                   choices=("mc", "exact")),
+            HParam("mc_samples", int, 1, "Monte-Carlo samples per input (fisher_type='mc')",
+                   low=1),
+            HParam("ema_decay", float, 0.95, "decay of the bias-corrected factor EMAs", low=0.0,
+                   high=1.0, high_open=True),
+            HParam("factor_every", int, 1, "update the factors every T_f steps", low=1),
+            HParam("inverse_every", int, 10, "recompute the damped inverses every T_i steps",
+                   low=1),
+            HParam("momentum", float, 0.9, "heavy-ball coefficient μ", low=0.0, high=1.0,
+                   high_open=True),
+            HParam("weight_decay", float, 1e-5, "L2 coefficient added after preconditioning",
+                   low=0.0),
+            HParam("kl_clip", float, 1e-3, "KL-clipping bound κ (None: off)", low=0.0,
+                   low_open=True, optional=True),
+        ]
+    )
+    meta = OptimizerMeta(
+        summary="K-FAC: Kronecker-factored Fisher/GGN preconditioner, factors from BackPACK",
+        paper=(
+            "Martens & Grosse, Optimizing Neural Networks with Kronecker-factored Approximate "
+            "Curvature, ICML 2015 (arXiv 1503.05671); Grosse & Martens, ICML 2016 (conv); "
+            "Dangel, Kunstner & Hennig, BackPACK, ICLR 2020"
+        ),
+        layers=("Linear", "Conv2d (groups=1)"),
+        losses=("MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss"),
+        requires_closure=True,
+        needs_loss_fn=True,
+        conformance={"lr": 0.1, "damping": 0.01},
+        tags=("second-order", "kronecker", "backpack"),
+    )
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        model = self.require_model()
+        check_loss(self.loss_fn, self.name)
+        layers = check_model(model, self.name)
+        covered = {id(p) for lay in layers.values() for p in lay.parameters() if p.requires_grad}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) not in covered:
+                    raise ValueError(
+                        f"{self.name}: a parameter of shape {tuple(p.shape)} is not in a "
+                        "Linear/Conv2d layer of the model; K-FAC preconditions only those"
+                    )
+        extend(model)
+        extend(self.loss_fn)
+        d = self.defaults
+        self.blocks = kfac_blocks(layers)
+        self._group_of = {id(p): g for g in self.param_groups for p in g["params"]}
+        self.preconditioner = KroneckerPreconditioner(self.blocks, heuristic=d["damping_heuristic"])
+        if d["fisher_type"] == "mc":
+            self.extension = BackpackKFAC(mc_samples=d["mc_samples"])
+        else:
+            self.extension = KFLR()
+        inner = {
+            nn.MSELoss: HBPMSELoss(),
+            nn.CrossEntropyLoss: HBPCrossEntropyLoss(),
+            nn.BCEWithLogitsLoss: HBPSoftBCEWithLogitsLoss(),
+        }[type(self.loss_fn)]
+        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        self.sampler = SeededLossExtension(inner, seed)
+        self.extension.set_module_extension(type(self.loss_fn), self.sampler, overwrite=True)
+        self.curv_state.update({"step": 0, "seed": seed, "rng": None, "blocks": {}})
+        self._pending: dict[str, Any] | None = None
+
+    def _after_load(self) -> None:
+        self.sampler.seed = self.curv_state["seed"]
+        self._pending = None
+
+    # --------------------------------------------------------------- closure
+    def _evaluate(self, closure: Callable[..., Tensor]) -> Tensor:
+        self._pending = None
+        if self.curv_state["step"] % self.defaults["factor_every"] != 0:
+            with disable():
+                return call_closure(closure, who=self.name)
+        self.sampler.state = self.curv_state["rng"]
+        self.sampler.seed = self.curv_state["seed"]
+        savefield = self.extension.savefield
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_HOOK_WARNING)
+                with backpack(self.extension):
+                    loss = call_closure(closure, who=self.name)
+        except (AssertionError, NotImplementedError) as err:
+            raise ValueError(
+                f"{self.name}: BackPACK could not compute the factors ({err}); the closure must "
+                "evaluate the model and the loss_fn given at construction"
+            ) from err
+        estimates: dict[str, dict[str, Tensor]] = {}
+        for block in self.blocks:
+            p = block.params[0]
+            factors = getattr(p, savefield, None)
+            if factors is None:
+                continue
+            delattr(p, savefield)
+            estimates[block.name] = dict(zip(block.factors, factors))
+        self._pending = {"estimates": estimates, "rng": self.sampler.state}
+        return loss
+
+    # ----------------------------------------------------------------- update
+    def _damping(self) -> dict[str, float]:
+        return {b.name: self._group_of[id(b.params[0])]["damping"] for b in self.blocks}
+
+    @torch.no_grad()
+    def _update(self, closure, loss) -> None:
+        pending, self._pending = self._pending, None
+        blocks = dict(self.curv_state["blocks"])
+        step = self.curv_state["step"]
+        if pending is not None and pending["estimates"]:
+            new = self.preconditioner.accumulate(
+                blocks, pending["estimates"], self.defaults["ema_decay"]
+            )
+            if new is None:
+                self.skip_step("non-finite Kronecker factors")
+                return
+            blocks.update(new)
+        if not blocks:
+            self.skip_step("no Kronecker factors yet (the first step must compute them)")
+            return
+        if step % self.defaults["inverse_every"] == 0 or any(
+            "G_inv" not in blocks.get(b.name, {}) for b in self.blocks
+        ):
+            inv = self.preconditioner.invert(blocks, self._damping())
+            if inv is None:
+                self.skip_step("damped inverse failed or is not finite")
+                return
+            blocks.update(inv)
+        directions = {b.name: self.preconditioner.directions(blocks, b)[0] for b in self.blocks}
+        if not self.all_finite(directions.values()):
+            self.skip_step("non-finite preconditioned gradient")
+            return
+        self._clip(directions)
+        self.curv_state["blocks"] = blocks
+        self.curv_state["step"] = step + 1
+        if pending is not None:
+            self.curv_state["rng"] = pending["rng"]
+        momentum_step_(self, {b.params[0]: directions[b.name] for b in self.blocks})
+        self.count("kfac_steps")
+
+    def _clip(self, directions: dict[str, Tensor]) -> None:
+        kappa = self.defaults["kl_clip"]
+        if kappa is None:
+            return
+        lrs = [self._group_of[id(b.params[0])]["lr"] for b in self.blocks]
+        nu = kl_clip_factor(
+            [lr * directions[b.name] for lr, b in zip(lrs, self.blocks)],
+            [lr * b.params[0].grad for lr, b in zip(lrs, self.blocks)],
+            lr=1.0,
+            bound=kappa,
+        )
+        self.stats["kl_clip_nu"] = nu
+        if nu < 1.0:
+            for name in directions:
+                directions[name] = directions[name] * nu
