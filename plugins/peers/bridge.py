@@ -1,0 +1,254 @@
+r"""One generic bridge from ``pytorch_optimizer`` optimizers to curvlab: :class:`PeerOptimizer`.
+
+A bridged optimizer is a :class:`~curvlab.optimizer.CurvatureOptimizer`
+that owns an *inner* ``pytorch_optimizer`` instance over the same
+parameters. Per step :math:`t`:
+
+1. the base class evaluates the closure (with ``create_graph=True`` when
+   ``meta.closure_options`` asks for it) and skips the step if the loss or a
+   gradient is not finite;
+2. the outer ``param_groups`` (the source of truth, which LR schedulers
+   and users edit) are copied into the inner groups (:meth:`PeerOptimizer._translate`);
+3. parameters and inner state :math:`(\theta_t, s_t)` are snapshotted and
+   ``inner.step()`` computes :math:`(\theta_{t+1}, s_{t+1})` from the
+   gradients already in ``.grad``;
+4. if any entry of :math:`\theta_{t+1}` or :math:`s_{t+1}` is NaN/Inf the
+   snapshot is put back and the step is counted as skipped.
+
+The inner optimizer's complete state (per-parameter tensors, group
+counters such as ``step``, and a private NumPy stream for libraries that
+draw from ``np.random``) is exported to ``curv_state["inner"]`` by
+:meth:`PeerOptimizer.state_dict` and restored verbatim, so a resumed run is
+bitwise identical. Random draws made by the library from torch's global
+generator (Hutchinson probes, PSGD's probe vectors) follow
+``torch.manual_seed``.
+
+``pytorch_optimizer`` is imported only when an optimizer is built, so this
+module imports without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import defaultdict
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from curvlab.optimizer import CurvatureOptimizer
+from curvlab_plugins.peers.numpy_rng import lend_numpy_rng, seeded_state
+
+__all__ = ["LIBRARY", "PeerOptimizer", "load_inner_class"]
+
+#: Import name of the bridged library (the ``curvlab[peers]`` extra).
+LIBRARY = "pytorch_optimizer"
+
+
+def load_inner_class(attr: str, who: str) -> type[torch.optim.Optimizer]:
+    """Import ``pytorch_optimizer.<attr>``.
+
+    Args:
+        attr: Class name in ``pytorch_optimizer`` (e.g. ``"SOAP"``).
+        who: curvlab name for the error message.
+
+    Returns:
+        The optimizer class.
+
+    Raises:
+        ImportError: ``pytorch_optimizer`` is not installed (says what to
+            install) or lacks ``attr`` (names the installed version).
+
+    Example:
+        >>> import importlib.util
+        >>> if importlib.util.find_spec("pytorch_optimizer"):  # the optional extra
+        ...     print(load_inner_class("SOAP", "soap").__name__)
+        ... else:
+        ...     print("SOAP")
+        SOAP
+    """
+    try:
+        module = importlib.import_module(LIBRARY)
+    except ImportError as err:
+        raise ImportError(
+            f"{who} bridges {LIBRARY}.{attr}, which is not installed: "
+            "pip install 'curvlab[peers]' (or pytorch-optimizer>=4.1)"
+        ) from err
+    cls = getattr(module, attr, None)
+    if cls is None:
+        version = getattr(module, "__version__", "?")
+        raise ImportError(f"{who}: {LIBRARY} {version} has no {attr}; need pytorch-optimizer>=4.1")
+    return cls
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    """Every tensor inside nested dicts/lists/tuples."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, Mapping):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def _clone(obj: Any) -> Any:
+    """Copy of nested dicts/lists/tuples with every tensor cloned (other leaves shared)."""
+    if isinstance(obj, Tensor):
+        return obj.clone()
+    if isinstance(obj, Mapping):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_clone(v) for v in obj)
+    return obj
+
+
+class PeerOptimizer(CurvatureOptimizer):
+    """Base class of the ``pytorch_optimizer`` bridges (see the module docstring).
+
+    A subclass sets :attr:`name`, :attr:`schema` (hyper-parameter names are
+    the library's keyword names), :attr:`meta` and :attr:`inner`; it
+    overrides :meth:`_inner_groups` / :meth:`_translate` only when one outer
+    group maps to several inner groups (Muon).
+
+    Raises:
+        ImportError: at construction, when ``pytorch_optimizer`` is missing.
+        ValueError: a per-optimizer hyper-parameter (:attr:`per_optimizer`)
+            differs between param groups.
+
+    Example:
+        >>> import importlib.util, torch, curvlab
+        >>> if importlib.util.find_spec("pytorch_optimizer"):  # the optional extra
+        ...     model = torch.nn.Linear(3, 2)
+        ...     opt = curvlab.create("soap", model, lr=1e-2)
+        ...     loss = opt.step(curvlab.closure(model, torch.nn.MSELoss(),
+        ...                                     torch.randn(4, 3), torch.randn(4, 2)))
+        ...     print(type(opt.inner).__module__)
+        ... else:
+        ...     print("pytorch_optimizer.optimizer.soap")
+        pytorch_optimizer.optimizer.soap
+    """
+
+    #: Class name in ``pytorch_optimizer``.
+    inner_class: ClassVar[str] = ""
+    #: Hyper-parameters the library stores on the optimizer, not per group.
+    per_optimizer: ClassVar[tuple[str, ...]] = ()
+    #: Keyword arguments always passed to the inner constructor.
+    fixed: ClassVar[Mapping[str, Any]] = {}
+    #: The library draws from NumPy's global RNG (lend it a private stream).
+    uses_numpy_rng: ClassVar[bool] = False
+
+    # ------------------------------------------------------------ structure
+    def _inner_groups(self, index: int, group: dict[str, Any]) -> list[tuple[str, list[Tensor]]]:
+        """Split outer group ``index`` into inner groups ``(kind, params)``; default: one."""
+        return [("main", list(group["params"]))]
+
+    def _translate(self, group: Mapping[str, Any], kind: str, index: int) -> dict[str, Any]:
+        """Inner group hyper-parameters of ``kind`` from the outer ``group``; default: same names."""
+        return {k: group[k] for k in self.schema.names if k not in self.per_optimizer}
+
+    def _setup(self) -> None:
+        cls = load_inner_class(self.inner_class, self.name)
+        for key in self.per_optimizer:
+            values = {repr(g[key]) for g in self.param_groups}
+            if len(values) > 1:
+                raise ValueError(
+                    f"{self.name}: {key} is per optimizer in {LIBRARY}.{self.inner_class}, "
+                    f"it cannot differ between param groups; got {sorted(values)}"
+                )
+        self.curv_state["base_lr"] = [g["lr"] for g in self.param_groups]
+        self._links: list[tuple[int, str]] = []
+        inner_groups = []
+        for index, group in enumerate(self.param_groups):
+            for kind, params in self._inner_groups(index, group):
+                if params:
+                    self._links.append((index, kind))
+                    inner_groups.append({"params": params, **self._translate(group, kind, index)})
+        ctor = {k: self.defaults[k] for k in self.per_optimizer}
+        self.inner: torch.optim.Optimizer = cls(inner_groups, **ctor, **self.fixed)
+        if self.uses_numpy_rng:
+            self.curv_state["numpy_rng"] = seeded_state(torch.initial_seed())
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group to the outer optimizer and its inner groups to the inner one."""
+        super().add_param_group(param_group)
+        if not hasattr(self, "inner"):  # still inside __init__: _setup builds the inner optimizer
+            return
+        index = len(self.param_groups) - 1
+        group = self.param_groups[index]
+        self.curv_state["base_lr"].append(group["lr"])
+        for kind, params in self._inner_groups(index, group):
+            if params:
+                self._links.append((index, kind))
+                self.inner.add_param_group({"params": params, **self._translate(group, kind, index)})
+
+    # ----------------------------------------------------------------- step
+    def _sync(self) -> None:
+        for (index, kind), inner_group in zip(self._links, self.inner.param_groups):
+            inner_group.update(self._translate(self.param_groups[index], kind, index))
+
+    def _inner_params(self) -> list[Tensor]:
+        return [p for g in self.inner.param_groups for p in g["params"]]
+
+    def _update(self, closure, loss) -> None:
+        needs_graph = "create_graph" in self.meta.closure_options
+        if needs_graph and any(
+            p.grad is not None and p.grad.grad_fn is None for p in self._inner_params()
+        ):
+            raise ValueError(
+                f"{self.name} needs gradients with a graph (backward(create_graph=True)); "
+                "pass a closure that accepts create_graph=..., e.g. curvlab.closure(...)"
+            )
+        self._sync()
+        params = self._inner_params()
+        saved_params = [p.detach().clone() for p in params]
+        saved_state = {p: _clone(s) for p, s in self.inner.state.items()}
+        saved_groups = [_clone({k: v for k, v in g.items() if k != "params"})
+                        for g in self.inner.param_groups]
+        rng = (lend_numpy_rng(self.curv_state["numpy_rng"]) if self.uses_numpy_rng
+               else nullcontext({}))
+        with rng as drawn:
+            self.inner.step()
+        if self.all_finite([*params, *_tensors(dict(self.inner.state))]):
+            if "state" in drawn:
+                self.curv_state["numpy_rng"] = drawn["state"]
+            return
+        with torch.no_grad():
+            for p, old in zip(params, saved_params):
+                p.copy_(old)
+        self.inner.state = defaultdict(dict, saved_state)
+        for g, old in zip(self.inner.param_groups, saved_groups):
+            g.update(old)
+        self.skip_step(f"{LIBRARY}.{self.inner_class} produced a non-finite update")
+
+    # ---------------------------------------------------------- persistence
+    def _export_inner(self) -> dict[str, Any]:
+        index = {p: i for i, p in enumerate(self._inner_params())}
+        return {
+            "state": {index[p]: s for p, s in self.inner.state.items() if p in index},
+            "groups": [{k: v for k, v in g.items() if k != "params"}
+                       for g in self.inner.param_groups],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Base state dict, with the inner optimizer's complete state in ``curv_state["inner"]``."""
+        self.curv_state["inner"] = self._export_inner()
+        return super().state_dict()
+
+    def _after_load(self) -> None:
+        saved = self.curv_state.get("inner")
+        if saved is None:
+            raise ValueError(f"{self.name}: state dict lacks curv_state['inner'] (not a bridge state)")
+        params = self._inner_params()
+        if len(saved["groups"]) != len(self.inner.param_groups):
+            raise ValueError(
+                f"{self.name}: saved state has {len(saved['groups'])} inner groups, "
+                f"this optimizer has {len(self.inner.param_groups)}"
+            )
+        self.inner.state = defaultdict(dict, {params[i]: s for i, s in saved["state"].items()})
+        for g, old in zip(self.inner.param_groups, saved["groups"]):
+            g.update(old)
