@@ -1,1 +1,5 @@
-"""Backend package (implementation in progress)."""
+"""FOOF backend (gradient descent on neurons), registered as ``foof``."""
+
+from curvlab_plugins.foof.optimizer import FOOF
+
+__all__ = ["FOOF"]
