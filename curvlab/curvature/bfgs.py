@@ -110,7 +110,9 @@ def bfgs_inverse_update(
     sy = torch.dot(s, y)
     rho = torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)), torch.zeros_like(sy))
     u = H @ y
-    coef = rho * rho * torch.dot(y, u) + rho
-    cand = H - rho * (torch.outer(s, u) + torch.outer(u, s)) + coef * torch.outer(s, s)
+    # rho * (rho yᵀu + 1), not rho² yᵀu + rho: rho² underflows to subnormals in float32
+    coef = rho * (rho * torch.dot(y, u) + 1.0)
+    rs = rho * s
+    cand = H - (torch.outer(rs, u) + torch.outer(u, rs)) + coef * torch.outer(s, s)
     ok = ok & torch.isfinite(cand).all()
     return torch.where(ok, cand, H), ok
