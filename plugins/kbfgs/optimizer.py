@@ -199,7 +199,7 @@ class _KBFGSBase(CurvatureOptimizer):
         self, closure: Callable[..., Tensor], first: dict[str, dict[str, Tensor]], names: list[str]
     ) -> None:
         """Second evaluation at θ⁺ on the same batch, then the damped H_g updates."""
-        with self._capture.recording(inputs=False) as second:
+        with self._capture.recording(inputs=False) as second, torch.enable_grad():
             call_closure(closure, who=self.name)
         flags = []
         for name in names:

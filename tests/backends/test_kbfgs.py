@@ -1,0 +1,231 @@
+"""K-BFGS / K-BFGS(L): first-step oracle, captured statistics, L-BFGS ≡ dense, guards, digits AE."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import curvlab
+
+F64 = torch.float64
+
+
+def _mlp(seed=0, bias=True, dtype=F64):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7, bias=bias), nn.Tanh(), nn.Linear(7, 3, bias=bias)).to(dtype)
+
+
+def _data(n=24, seed=1, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=g, dtype=dtype), torch.randn(n, 3, generator=g, dtype=dtype)
+
+
+def _hom(x):
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+
+
+@pytest.mark.parametrize("name", ["kbfgs", "kbfgsl"])
+def test_first_step_matches_closed_form(name):
+    """Step 1: H_g = I, H_a = (A + √λ I)⁻¹ from the batch, M = (1-μ)(∇ + wW)."""
+    model, (x, y) = _mlp(), _data()
+    loss_fn = nn.MSELoss()
+    lr, lam, wd, mu = 0.3, 0.3, 1e-3, 0.9
+    before = [p.detach().clone() for p in model.parameters()]
+    loss_fn(model(x), y).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    with torch.no_grad():
+        a1 = _hom(x)
+        a2 = _hom(torch.tanh(model[0](x)))
+    opt = curvlab.create(name, model, loss_fn, lr=lr, damping=lam, weight_decay=wd, momentum=mu)
+    opt.step(curvlab.closure(model, loss_fn, x, y))
+    params = list(model.parameters())
+    for i, a in enumerate([a1, a2]):
+        W, b, gW, gb = before[2 * i], before[2 * i + 1], grads[2 * i], grads[2 * i + 1]
+        A = a.T @ a / a.shape[0]
+        H_a = torch.linalg.inv(A + math.sqrt(lam) * torch.eye(A.shape[0], dtype=F64))
+        M = (1 - mu) * torch.cat([gW + wd * W, (gb + wd * b)[:, None]], 1)
+        new = torch.cat([W, b[:, None]], 1) - lr * M @ H_a
+        got = torch.cat([params[2 * i], params[2 * i + 1][:, None]], 1).detach()
+        assert torch.allclose(got, new, rtol=1e-10, atol=1e-12)
+        assert torch.allclose(opt.curv_state[str(2 * i)]["H_a"], H_a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_pair_is_per_example_gradient_of_summed_loss(reduction):
+    """s = 0.1 (h̄⁺ − h̄), y = 0.1 (ḡ⁺ − ḡ), ḡ = mean over rows of ∂ℓ_n/∂h_n (one linear layer)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3)).to(F64)
+    x, t = _data()
+    loss_fn = nn.MSELoss(reduction=reduction)
+
+    def stats():
+        h = model(x).detach().requires_grad_(True)
+        per_example = ((h - t) ** 2).mean(1)  # ℓ_n of MSELoss(mean) = sum_n ℓ_n / n
+        (g,) = torch.autograd.grad(per_example.sum(), h)
+        scale = 1.0 if reduction == "mean" else 3.0  # sum-MSE: ℓ_n is 3× larger
+        return h.mean(0), scale * g.mean(0)
+
+    h0, g0 = stats()
+    opt = curvlab.create("kbfgs", model, loss_fn, sy_momentum=0.9)
+    opt.step(curvlab.closure(model, loss_fn, x, t))
+    h1, g1 = stats()
+    st = opt.curv_state["0"]
+    assert torch.allclose(st["s"], 0.1 * (h1 - h0), rtol=1e-10, atol=1e-14)
+    # with reduction="sum" the closure's loss IS the summed loss: ḡ = mean_n ∂L/∂h_n
+    assert torch.allclose(st["y"], 0.1 * (g1 - g0), rtol=1e-10, atol=1e-14)
+
+
+def test_lbfgs_variant_with_large_memory_equals_dense():
+    x, y = _data(32)
+    runs = {}
+    for name, extra in [("kbfgs", {}), ("kbfgsl", {"memory": 50})]:
+        model = _mlp(3)
+        opt = curvlab.create(name, model, nn.MSELoss(), lr=0.3, damping=0.1, **extra)
+        for k in range(12):
+            xb, yb = x[(k % 2) * 16:(k % 2 + 1) * 16], y[(k % 2) * 16:(k % 2 + 1) * 16]
+            opt.step(curvlab.closure(model, nn.MSELoss(), xb, yb))
+        runs[name] = (model, opt)
+    (m1, o1), (m2, o2) = runs["kbfgs"], runs["kbfgsl"]
+    assert o1.stats["pairs"] == 24 and o1.stats["skipped_pairs"] == o2.stats["skipped_pairs"]
+    assert o1.stats["lm_damped"] == o2.stats["lm_damped"] > 0
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.allclose(p, q, rtol=1e-10, atol=1e-12)
+    for layer in ("0", "2"):
+        Hg = o1.curv_state[layer]["H_g"]
+        st = o2.curv_state[layer]
+        from curvlab.curvature.lbfgs import two_loop
+
+        dense_from_memory = two_loop(st["S"], st["Y"], torch.eye(Hg.shape[0], dtype=F64))
+        assert torch.allclose(Hg, dense_from_memory, rtol=1e-9, atol=1e-11)
+
+
+def test_lbfgs_memory_is_bounded():
+    model, (x, y) = _mlp(), _data()
+    opt = curvlab.create("kbfgsl", model, nn.MSELoss(), memory=3)
+    for _ in range(6):
+        opt.step(curvlab.closure(model, nn.MSELoss(), x, y))
+    assert opt.curv_state["0"]["S"].shape == (3, 7)
+
+
+def test_secant_equation_holds_for_H_g_after_each_step():
+    """Recompute each step's damped pair from the stored (s, y) and check H_g ỹ = s̃."""
+    from curvlab.curvature.double_damping import double_damping
+
+    model, (x, y) = _mlp(4), _data()
+    opt = curvlab.create("kbfgs", model, nn.MSELoss(), lr=0.3)
+    for _ in range(6):
+        H_prev = {k: v["H_g"].clone() for k, v in opt.curv_state.items()}
+        opt.step(curvlab.closure(model, nn.MSELoss(), x, y))
+        for k, st in opt.curv_state.items():
+            H0 = H_prev.get(k, torch.eye(st["H_g"].shape[0], dtype=F64))
+            pair = double_damping(st["s"], st["y"], H0 @ st["y"], mu1=0.2, mu2=math.sqrt(0.3))
+            assert bool(pair.valid)
+            assert torch.allclose(st["H_g"] @ pair.y, pair.s, rtol=1e-9, atol=1e-12)
+
+
+def test_zero_lr_gives_zero_pairs_that_are_skipped_and_counted():
+    model, (x, y) = _mlp(), _data()
+    opt = curvlab.create("kbfgs", model, nn.MSELoss(), lr=0.0)
+    for _ in range(2):
+        opt.step(curvlab.closure(model, nn.MSELoss(), x, y))
+    assert opt.stats["pairs"] == 4 and opt.stats["skipped_pairs"] == 4
+    assert torch.equal(opt.curv_state["0"]["H_g"], torch.eye(7, dtype=F64))
+
+
+def test_non_finite_second_evaluation_skips_pairs_without_nan():
+    model, (x, y) = _mlp(), _data()
+    calls = []
+
+    def closure():
+        calls.append(1)
+        for p in model.parameters():
+            p.grad = None
+        bad = len(calls) % 2 == 0 and len(calls) > 2  # second evaluation of step 2 onwards
+        loss = nn.MSELoss()(model(x * math.nan if bad else x), y)
+        loss.backward()
+        return loss
+
+    opt = curvlab.create("kbfgs", model, nn.MSELoss())
+    for _ in range(3):
+        opt.step(closure)
+    assert opt.stats["skipped_pairs"] == 4  # steps 2 and 3, two layers each
+    for st in opt.curv_state.values():
+        assert all(torch.isfinite(v).all() for v in st.values())
+
+
+def test_no_bias_layers_work():
+    model, (x, y) = _mlp(bias=False), _data()
+    opt = curvlab.create("kbfgsl", model, nn.MSELoss())
+    losses = [float(opt.step(curvlab.closure(model, nn.MSELoss(), x, y))) for _ in range(5)]
+    assert losses[-1] < losses[0]
+    assert opt.curv_state["0"]["H_a"].shape == (5, 5)
+
+
+UNSUPPORTED = [
+    pytest.param(nn.Sequential(nn.Conv2d(1, 2, 3)), "Conv2d at model.0", id="conv2d"),
+    pytest.param(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)), "LayerNorm at model.1", id="norm"),
+]
+
+
+@pytest.mark.parametrize(("model", "match"), UNSUPPORTED)
+@pytest.mark.parametrize("name", ["kbfgs", "kbfgsl"])
+def test_unsupported_layers_raise_naming_them(name, model, match):
+    with pytest.raises(ValueError, match=match):
+        curvlab.create(name, model, nn.MSELoss())
+
+
+def test_step_needs_a_closure_and_info_is_complete():
+    with pytest.raises(ValueError, match="needs step\\(closure\\)"):
+        curvlab.create("kbfgs", _mlp(), nn.MSELoss()).step()
+    info = curvlab.info("K-BFGS(L)")
+    assert info.meta.requires_closure and info.schema["memory"].default == 100
+    defaults = info.schema.defaults()
+    assert defaults["lr"] == 0.3 and defaults["damping"] == 0.3 and defaults["mu1"] == 0.2
+    assert info.schema["lr"].grid and info.schema["damping"].grid
+
+
+# ------------------------------------------------------------- digits AE (slow)
+def _digits_ae():
+    from sklearn.datasets import load_digits
+
+    x = torch.tensor(load_digits().data / 16.0, dtype=torch.float32)
+    sizes = [64, 256, 128, 64, 16]
+    layers: list[nn.Module] = []
+    dims = sizes + sizes[-2::-1]
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(a, b))
+        if i != len(sizes) - 2 and i != len(dims) - 2:  # linear code layer, logits output
+            layers.append(nn.ReLU())
+    return x, nn.Sequential(*layers)
+
+
+def _bce_sum_per_example(logits, target):
+    """Sigmoid cross-entropy summed over pixels, averaged over the batch."""
+    return nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(target)
+
+
+def _train_digits(name, steps, **hp):
+    x, _ = _digits_ae()
+    torch.manual_seed(0)
+    _, model = _digits_ae()
+    opt = curvlab.create(name, model, _bce_sum_per_example, **hp)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (256,), generator=g)
+        opt.step(curvlab.closure(model, _bce_sum_per_example, x[idx], x[idx]))
+    with torch.no_grad():
+        return float(_bce_sum_per_example(model(x), x)), opt
+
+
+@pytest.mark.slow
+def test_digits_autoencoder_beats_adam():
+    """64-256-128-64-16 mirrored AE, batch 256, 1000 steps; Adam lr 3e-3 (best of its grid)."""
+    steps = 1000
+    adam, _ = _train_digits("adam", steps, lr=3e-3)
+    kb, o1 = _train_digits("kbfgs", steps)
+    kbl, o2 = _train_digits("kbfgsl", steps)
+    print(f"\nfull-batch train loss after {steps} steps: adam {adam:.3f}, kbfgs {kb:.3f}, "
+          f"kbfgsl {kbl:.3f}; kbfgs stats {o1.stats}; kbfgsl stats {o2.stats}")
+    assert kb < adam and kbl < adam
+    assert o1.stats["skipped_steps"] == 0 and o2.stats["skipped_steps"] == 0
