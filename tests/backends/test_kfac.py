@@ -1,0 +1,239 @@
+"""K-FAC (BackPACK) against dense float64 oracles from curvlab.reference."""
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import curvlab
+from curvlab.curvature.kronecker import kron_dense
+from curvlab.optimizer import NonFiniteStepWarning
+from curvlab.reference.ggn import ggn
+
+EXACT = dict(fisher_type="exact", lr=0.0, momentum=0.0, weight_decay=0.0, kl_clip=None)
+
+
+def soft_bce_targets(n, k):
+    return torch.rand(n, k, dtype=torch.float64)
+
+
+LOSSES = [
+    ("mse-mean", lambda: nn.MSELoss(), lambda n, k: torch.randn(n, k, dtype=torch.float64)),
+    ("mse-sum", lambda: nn.MSELoss(reduction="sum"), lambda n, k: torch.randn(n, k, dtype=torch.float64)),
+    ("ce-mean", lambda: nn.CrossEntropyLoss(), lambda n, k: torch.randint(0, k, (n,))),
+    ("bce-soft-mean", lambda: nn.BCEWithLogitsLoss(), soft_bce_targets),
+    ("bce-soft-sum", lambda: nn.BCEWithLogitsLoss(reduction="sum"), soft_bce_targets),
+]
+
+
+def factors_after_one_step(model, loss_fn, x, y, **hp):
+    opt = curvlab.create("kfac", model, loss_fn, **{**EXACT, **hp})
+    opt.step(curvlab.closure(model, loss_fn, x, y))
+    return opt.curv_state["blocks"]
+
+
+@pytest.mark.parametrize("make_loss,make_y", [c[1:] for c in LOSSES], ids=[c[0] for c in LOSSES])
+def test_exact_regime_equals_ggn_block(make_loss, make_y):
+    """One Linear layer, batch 1, KFLR factors: G ⊗ A and G are the exact GGN blocks."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4)).double()
+    x, y = torch.randn(1, 3, dtype=torch.float64), make_y(1, 4)
+    ref = copy.deepcopy(model)
+    blocks = factors_after_one_step(model, make_loss(), x, y)
+    w = blocks["0.weight"]
+    torch.testing.assert_close(
+        kron_dense(w["G"], w["A"]), ggn(ref, make_loss(), x, y, params=["0.weight"]), rtol=1e-6, atol=1e-12
+    )
+    torch.testing.assert_close(blocks["0.bias"]["G"], ggn(ref, make_loss(), x, y, params=["0.bias"]), rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_bce_soft_targets_many_outputs_match_ggn(reduction):
+    """BackPACK 1.7 refuses this case; our module extension: last-layer bias G is the exact GGN block."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 6)).double()
+    loss_fn = nn.BCEWithLogitsLoss(reduction=reduction)
+    x, y = torch.randn(7, 3, dtype=torch.float64), soft_bce_targets(7, 6)
+    ref = copy.deepcopy(model)
+    blocks = factors_after_one_step(model, loss_fn, x, y)
+    for name in ("2.bias", "0.bias"):  # a bias block (A = 1) is exact for any batch
+        dense = ggn(ref, nn.BCEWithLogitsLoss(reduction=reduction), x, y, params=[name])
+        torch.testing.assert_close(blocks[name]["G"], dense, rtol=1e-6, atol=1e-12)
+
+
+def test_bce_monte_carlo_factor_is_unbiased():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(3, 4)).double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), soft_bce_targets(5, 4)
+    exact = factors_after_one_step(copy.deepcopy(model), nn.BCEWithLogitsLoss(), x, y)["0.bias"]["G"]
+    mc = factors_after_one_step(model, nn.BCEWithLogitsLoss(), x, y, fisher_type="mc", mc_samples=4000)["0.bias"]["G"]
+    torch.testing.assert_close(mc, exact, rtol=0, atol=0.08 * exact.diagonal().max().item())
+
+
+def test_conv_factors_match_unfold_reference_and_ggn():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 3, 2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)).double()
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(5, 2, 3, 3, dtype=torch.float64), torch.randint(0, 4, (5,))
+    ref = copy.deepcopy(model)
+    blocks = factors_after_one_step(model, loss_fn, x, y)
+    patches = nn.functional.unfold(x, 2, padding=1)  # (N, C·k·k, T)
+    torch.testing.assert_close(blocks["0.weight"]["A"], torch.einsum("nit,njt->ij", patches, patches) / 5)
+    dense_bias = ggn(ref, nn.CrossEntropyLoss(), x, y, params=["0.bias"])
+    torch.testing.assert_close(blocks["0.bias"]["G"], dense_bias, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(blocks["0.weight"]["G"], dense_bias, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("heuristic", ["pi", "equal"])
+def test_preconditioned_gradient_equals_dense_damped_solve(heuristic):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    lam = 0.05
+    opt = curvlab.create("kfac", model, loss_fn, **{**EXACT, "lr": 1.0}, damping=lam, damping_heuristic=heuristic)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step(curvlab.closure(model, loss_fn, x, y))
+    blocks = opt.curv_state["blocks"]
+    for i, name in enumerate(["0.weight", "0.bias", "2.weight", "2.bias"]):
+        p = dict(model.named_parameters())[name]
+        step = before[i] - p.detach()
+        G = blocks[name]["G"]
+        if name.endswith("weight"):
+            A = blocks[name]["A"]
+            if heuristic == "pi":
+                pi = math.sqrt((torch.trace(A) / A.shape[0]) / (torch.trace(G) / G.shape[0]))
+                la, lg = pi * math.sqrt(lam), math.sqrt(lam) / pi
+            else:
+                la = lg = math.sqrt(lam)
+            dense = kron_dense(G + lg * torch.eye(G.shape[0], dtype=G.dtype), A + la * torch.eye(A.shape[0], dtype=A.dtype))
+        else:
+            dense = G + lam * torch.eye(G.shape[0], dtype=G.dtype)
+        want = torch.linalg.solve(dense, p.grad.reshape(-1)).reshape(p.shape)
+        torch.testing.assert_close(step, want, rtol=1e-8, atol=1e-12)
+
+
+def test_kl_clip_bounds_the_predicted_change():
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 3, dtype=torch.float64), torch.randint(0, 2, (8,))
+    opt = curvlab.create("kfac", model, loss_fn, **{**EXACT, "lr": 1.0, "kl_clip": 1e-6})
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step(curvlab.closure(model, loss_fn, x, y))
+    assert opt.stats["kl_clip_nu"] < 1
+    # the step is s = lr·ν·v, so lr·ν·⟨s, g⟩ = lr²ν²⟨v, g⟩ must equal κ
+    s_dot_g = sum(float(((b - p.detach()) * p.grad).sum()) for b, p in zip(before, model.parameters()))
+    assert s_dot_g * opt.stats["kl_clip_nu"] == pytest.approx(1e-6, rel=1e-9)
+
+
+BAD_MODELS = [
+    ("batchnorm", lambda: nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)), "BatchNorm1d at model.1"),
+    ("inplace-relu", lambda: nn.Sequential(nn.Linear(2, 3), nn.ReLU(inplace=True), nn.Linear(3, 2)), "in-place ReLU at model.1"),
+    ("grouped-conv", lambda: nn.Sequential(nn.Conv2d(2, 2, 1, groups=2)), "groups=1"),
+    ("conv1d", lambda: nn.Sequential(nn.Conv1d(2, 2, 1)), "Conv1d at model.0"),
+    ("custom-container", lambda: nn.ModuleDict({"a": nn.Linear(2, 2)}), "nn.Sequential"),
+]
+
+
+@pytest.mark.parametrize("make,match", [b[1:] for b in BAD_MODELS], ids=[b[0] for b in BAD_MODELS])
+def test_unsupported_model_raises_naming_module(make, match):
+    with pytest.raises(ValueError, match=match):
+        curvlab.create("kfac", make(), nn.MSELoss())
+
+
+BAD_LOSSES = [
+    ("l1", nn.L1Loss(), "supports the losses MSELoss, CrossEntropyLoss, BCEWithLogitsLoss; got L1Loss"),
+    ("none-reduction", nn.MSELoss(reduction="none"), "reduction"),
+    ("ce-weight", nn.CrossEntropyLoss(weight=torch.ones(2)), "weight"),
+    ("ce-smoothing", nn.CrossEntropyLoss(label_smoothing=0.1), "label_smoothing"),
+    ("bce-pos-weight", nn.BCEWithLogitsLoss(pos_weight=torch.ones(2)), "pos_weight"),
+    ("function", torch.nn.functional.mse_loss, "got function"),
+]
+
+
+@pytest.mark.parametrize("loss_fn,match", [b[1:] for b in BAD_LOSSES], ids=[b[0] for b in BAD_LOSSES])
+def test_unsupported_loss_raises(loss_fn, match):
+    with pytest.raises(ValueError, match=match):
+        curvlab.create("kfac", nn.Sequential(nn.Linear(2, 2)), loss_fn)
+
+
+def test_parameter_outside_layers_raises():
+    model = nn.Sequential(nn.Linear(2, 2))
+    extra = nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"shape \(3,\) is not in a Linear/Conv2d layer"):
+        curvlab.create("kfac", model, nn.MSELoss(), params=[*model.parameters(), extra])
+
+
+def test_nan_factors_skip_step_and_keep_state():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(3, 2))
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    opt = curvlab.create("kfac", model, loss_fn)
+    opt.step(curvlab.closure(model, loss_fn, x, y))
+    params, state = [p.detach().clone() for p in model.parameters()], copy.deepcopy(opt.curv_state)
+    evaluate = opt._evaluate
+
+    def poisoned(closure):
+        loss = evaluate(closure)
+        opt._pending["estimates"]["0.weight"]["A"] = opt._pending["estimates"]["0.weight"]["A"] * math.nan
+        return loss
+
+    opt._evaluate = poisoned
+    with pytest.warns(NonFiniteStepWarning, match="non-finite Kronecker factors"):
+        opt.step(curvlab.closure(model, loss_fn, x, y))
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    assert torch.equal(state["blocks"]["0.weight"]["A"], opt.curv_state["blocks"]["0.weight"]["A"])
+    assert opt.curv_state["step"] == state["step"]
+
+
+def test_mc_sampling_uses_private_rng():
+    """Sampling does not consume the global RNG and repeats from the same construction seed."""
+    def run():
+        torch.manual_seed(7)
+        model = nn.Sequential(nn.Linear(3, 3))
+        loss_fn = nn.CrossEntropyLoss()
+        opt = curvlab.create("kfac", model, loss_fn)
+        x, y = torch.randn(8, 3), torch.randint(0, 3, (8,))
+        rng = torch.get_rng_state()
+        opt.step(curvlab.closure(model, loss_fn, x, y))
+        assert torch.equal(rng, torch.get_rng_state())
+        return opt.curv_state["blocks"]["0.weight"]["G"]
+
+    assert torch.equal(run(), run())
+
+
+def digits_problem():
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = torch.tensor(X / 16.0, dtype=torch.float32)
+    return X[:1024], torch.tensor(y[:1024])
+
+
+def train(name, steps, **hp):
+    X, y = digits_problem()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+    loss_fn = nn.CrossEntropyLoss()
+    opt = curvlab.create(name, model, loss_fn, **hp)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(0, len(X), (128,), generator=gen)
+        opt.step(curvlab.closure(model, loss_fn, X[idx], y[idx]))
+    with torch.no_grad():
+        return float(loss_fn(model(X), y))
+
+
+# Stated hparams: K-FAC defaults except lr (= SGD's tuned lr); SGD lr 0.1, momentum 0.9.
+@pytest.mark.slow
+def test_digits_mlp_kfac_beats_sgd():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kfac = train("kfac", 100, lr=0.1)
+        sgd = train("sgd", 100, lr=0.1, momentum=0.9)
+    assert kfac < sgd, (kfac, sgd)
