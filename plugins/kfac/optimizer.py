@@ -202,7 +202,10 @@ class KFAC(CurvatureOptimizer):
             if factors is None:
                 continue
             delattr(p, savefield)
-            estimates[block.name] = dict(zip(block.factors, factors))
+            # BackPACK's layout is [G, A] (weight) / [G] (bias); keep what the block declares
+            estimates[block.name] = {
+                k: f for k, f in zip(("G", "A"), factors) if k in block.factors
+            }
         self._pending = {"estimates": estimates, "rng": self.sampler.state}
         return loss
 
@@ -227,7 +230,7 @@ class KFAC(CurvatureOptimizer):
             self.skip_step("no Kronecker factors yet (the first step must compute them)")
             return
         if step % self.defaults["inverse_every"] == 0 or any(
-            "G_inv" not in blocks.get(b.name, {}) for b in self.blocks
+            not any(k.endswith("_inv") for k in blocks.get(b.name, {})) for b in self.blocks
         ):
             inv = self.preconditioner.invert(blocks, self._damping())
             if inv is None:
