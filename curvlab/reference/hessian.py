@@ -6,7 +6,7 @@ vector, see :mod:`curvlab.reference.problem`):
     g = ∇f(θ) ∈ R^P,   H = ∇²f(θ) ∈ R^{P×P},   hvp(v) = H v,
 
 computed exactly by automatic differentiation (``torch.func``: ``grad``,
-``hessian`` = forward-over-reverse ``jacfwd(jacrev)``, ``jvp`` of ``grad``)
+``hessian`` = forward-over-reverse ``jacfwd(jacrev)``, ``grad`` of ``grad``)
 in float64. Meant for tiny models (P up to a few hundred).
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import grad, jvp
+from torch.func import grad
 
 from curvlab.reference.problem import _direction, resolve_problem
 
@@ -77,7 +77,11 @@ def hessian(*problem: Any, params: Iterable[str | Tensor] | None = None) -> Tens
 
 
 def hvp(*problem: Any, v: Tensor, params: Iterable[str | Tensor] | None = None) -> Tensor:
-    """Hessian-vector product H v = d/dε ∇f(θ + ε v) at ε = 0 (forward-over-reverse).
+    """Hessian-vector product H v = ∇_θ (∇f(θ)ᵀ v) (reverse-over-reverse).
+
+    Reverse-over-reverse rather than ``jvp(grad(f))``: in torch 2.13 the
+    latter raises "ZeroTensors are immutable" for ``mse_loss`` with
+    reduction "mean" (pytorch/pytorch#123996).
 
     Args:
         *problem: ``(model, loss_fn, inputs, targets)``, ``(f, theta)`` or
@@ -98,5 +102,5 @@ def hvp(*problem: Any, v: Tensor, params: Iterable[str | Tensor] | None = None) 
     """
     prob = resolve_problem(*problem, params=params)
     v = _direction(v, prob.theta, "v")
-    return jvp(grad(prob), (prob.theta,), (v,))[1]
+    return grad(lambda t: torch.dot(grad(prob)(t), v))(prob.theta)
 
