@@ -112,7 +112,10 @@ class Problem:
 
         Args:
             model: The network; left unchanged (a float64 copy is used, in
-                the same train/eval mode).
+                the same train/eval mode). It must be deterministic (put
+                dropout in eval mode) and must not update buffers in place:
+                BatchNorm in train mode makes ``torch.func`` raise a
+                RuntimeError (use eval mode, or ``track_running_stats=False``).
             loss_fn: ``loss_fn(outputs, targets) -> scalar`` (an ``nn.Module``
                 loss or any callable).
             inputs: Model input tensor, or a tuple of positional inputs.

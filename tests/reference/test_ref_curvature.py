@@ -229,3 +229,49 @@ def test_problem_form_errors():
         ref.ggn(lambda t: t.sum(), torch.ones(2))
     with pytest.raises(ValueError, match="shape"):
         ref.hvp(lambda t: t.sum(), torch.ones(2), v=torch.ones(3))
+
+
+def _single(loss, out_shape, target):
+    def build():
+        torch.manual_seed(11)
+        if len(out_shape) == 2:
+            net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, out_shape[1]))
+            x = torch.randn(1, 3)
+        else:  # (1, C, L): a 1x1 convolution over a length-L signal
+            net = nn.Sequential(nn.Conv1d(2, out_shape[1], 1), nn.Tanh())
+            x = torch.randn(1, 2, out_shape[2])
+        return net, loss, x, target
+
+    return build
+
+
+SINGLE = {
+    "mse-mean": _single(nn.MSELoss(), (1, 3), torch.randn(1, 3)),
+    "ce-sum": _single(nn.CrossEntropyLoss(reduction="sum"), (1, 3), torch.tensor([2])),
+    "ce-soft-targets": _single(nn.CrossEntropyLoss(), (1, 3), torch.tensor([[0.2, 0.5, 0.3]])),
+    "ce-spatial": _single(nn.CrossEntropyLoss(), (1, 3, 4), torch.tensor([[0, 2, 1, 1]])),
+    "bce-soft-mean": _single(nn.BCEWithLogitsLoss(), (1, 3), torch.tensor([[0.1, 0.9, 0.5]])),
+}
+
+
+@pytest.mark.parametrize("build", list(SINGLE.values()), ids=list(SINGLE))
+def test_empirical_fisher_batch_of_one_is_scaled_outer_gradient(build):
+    """N = 1: F_emp = (1/c) g gᵀ with g the gradient of the reduced loss."""
+    net, loss, x, y = build()
+    outputs = net(x).detach().to(F64)
+    c = ref.reduction_factor(loss, outputs, y.to(F64) if y.is_floating_point() else y)
+    g = ref.gradient(net, loss, x, y)
+    torch.testing.assert_close(ref.fisher(net, loss, x, y, kind="empirical"), torch.outer(g, g) / c,
+                               rtol=1e-10, atol=1e-13)
+
+
+def test_true_fisher_rejects_spatial_cross_entropy():
+    net, loss, x, y = SINGLE["ce-spatial"]()
+    with pytest.raises(ValueError, match=r"outputs of shape \(N, C\)"):
+        ref.fisher(net, loss, x, y, kind="true")
+
+
+def test_fisher_rejects_ignored_targets():
+    with pytest.raises(ValueError, match="ignore_index=-100"):
+        ref.fisher(nn.Linear(2, 3), nn.CrossEntropyLoss(), torch.zeros(2, 2), torch.tensor([0, -100]),
+                   kind="empirical")

@@ -86,3 +86,16 @@ def test_single_sample_mse_ggn_blocks_are_kronecker(reduction):
     torch.testing.assert_close(
         ref.block(ggn, lay, "2.weight"), torch.kron(h_out, torch.outer(a2[:-1], a2[:-1])), rtol=1e-12, atol=1e-13
     )
+
+
+def test_conv_folded_block_is_kronecker_with_unfold_order():
+    """Conv2d whose kernel covers the input (one output position), N = 1: block = G ⊗ ããᵀ, ã = [unfold(x); 1]."""
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(2, 3, kernel_size=2), nn.Flatten()).double()
+    x, y = torch.randn(1, 2, 2, 2, dtype=torch.float64), torch.randn(1, 3, dtype=torch.float64)
+    idx = ref.layer_indices(net, "0", bias="folded")
+    assert idx.tolist() == [*range(0, 8), 24, *range(8, 16), 25, *range(16, 24), 26]
+    ggn = ref.ggn(net, nn.MSELoss(reduction="sum"), x, y)
+    a = torch.cat([nn.functional.unfold(x, 2)[0, :, 0], torch.ones(1, dtype=torch.float64)])
+    expected = torch.kron(2 * torch.eye(3, dtype=torch.float64), torch.outer(a, a))
+    torch.testing.assert_close(ref.layer_block(ggn, net, "0", bias="folded"), expected, rtol=1e-12, atol=1e-13)
