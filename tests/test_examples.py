@@ -1,0 +1,70 @@
+"""Every example runs (tiny budgets), and the example plugin installs and registers."""
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+import curvlab
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+PLUGIN = EXAMPLES / "plugin_example"
+
+# (script, extra arguments, text its output must contain)
+SCRIPTS = [
+    ("quickstart.py", ["--optimizer", "kfac"], "kfac: train loss"),
+    ("select_by_name.py", ["--optimizers", "sgd", "K-BFGS", "foof"], "kbfgs"),
+    ("compare_digits.py", ["--optimizers", "sgd", "kfac"], "kfac"),
+    ("checkpoint_resume.py", ["--optimizer", "kfac"], "weights bitwise identical: True"),
+]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, CURVLAB_EXAMPLE_STEPS="4", OMP_NUM_THREADS="1", MPLBACKEND="Agg")
+    env.update(extra)
+    return env
+
+
+def test_every_example_script_is_listed():
+    assert {p.name for p in EXAMPLES.glob("*.py")} == {s for s, _, _ in SCRIPTS}
+
+
+@pytest.mark.parametrize("script,args,expected", SCRIPTS, ids=[s[0][:-3] for s in SCRIPTS])
+def test_example_runs(script, args, expected, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert expected in proc.stdout, proc.stdout
+
+
+def test_example_plugin_installs_and_passes_conformance(tmp_path):
+    """pip-install the plugin into a fresh venv (system packages visible, so torch is reused)."""
+    src = tmp_path / "plugin_example"
+    shutil.copytree(PLUGIN, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    py = env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
+
+    def run(*cmd, cwd=tmp_path):
+        proc = subprocess.run([str(py), *cmd], cwd=cwd, env=_env(), capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, f"{cmd}:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    run("-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+        "--no-build-isolation", "--no-index", str(src))
+    listed = run("-m", "curvlab.cli", "list").split()
+    assert "signsgd" in listed
+    info = run("-m", "curvlab.cli", "info", "signsgd")
+    assert "Signum" in info
+    out = run("-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=src)
+    assert " passed" in out and "failed" not in out
+    # The plugin went into the venv only: this interpreter does not see it.
+    assert "signsgd" not in curvlab.available()
