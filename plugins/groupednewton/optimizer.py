@@ -199,15 +199,13 @@ class GroupedNewton(CurvatureOptimizer):
                                     t["eta_raw"], self.curv_state["eta"], t["step"])
 
     # ------------------------------------------------------------------- step
-    def _solve(self, tensors) -> Tensor:
+    def _solve(self, tensors) -> tuple[Tensor, bool]:
         hp = self.defaults
         if hp["order"] == 2:
             out = newton_step_sizes(tensors.hbar, tensors.gbar)
         else:
             out = cubic_step_sizes(tensors.hbar, tensors.gbar, tensors.d_diag, hp["lambda_int"])
-        if not out.ok:
-            self.count("solve_failures")
-        return out.eta
+        return out.eta, out.ok
 
     def _update(self, closure: Callable[..., Tensor] | None, loss: Tensor | None) -> None:
         hp = self.defaults
@@ -221,6 +219,7 @@ class GroupedNewton(CurvatureOptimizer):
         )
         u = [torch.zeros_like(p) if d is None else d for p, d in zip(params, dirs)]
         updates: dict[str, Any] = {"step": t + 1, "direction_steps": int(cs.get("direction_steps", 0)) + 1}
+        counts: dict[str, int] = {}
         if t % hp["period"] == 0:
             fresh = call_closure(closure, who=self.name, backward=False, fresh=True)
             tensors = partition_tensors(fresh, params, u, self._subsets, order=hp["order"],
@@ -229,28 +228,36 @@ class GroupedNewton(CurvatureOptimizer):
             if not self.all_finite([tensors.gbar, tensors.hbar, tensors.d]):
                 self.skip_step("non-finite partition tensors")
                 return
-            eta_raw = self._solve(tensors)
+            eta_raw, ok = self._solve(tensors)
+            counts["tensor_computations"] = 1
+            counts["solve_failures"] = int(not ok)
             eta_new = eta_raw
             if hp["clip_negative"]:
-                self.count("clipped_step_sizes", int((eta_raw < 0).sum()))
+                counts["clipped_step_sizes"] = int((eta_raw < 0).sum())
                 eta_new = eta_raw.clamp(min=0.0)
             old = cs.get("eta")
             beta = hp["eta_ema"]
             eta = eta_new.clone() if old is None else beta * old + (1.0 - beta) * eta_new
-            self.count("tensor_computations")
             updates["eta"] = eta
             updates["tensors"] = {"gbar": tensors.gbar, "hbar": tensors.hbar, "d": tensors.d,
                                   "eta_raw": eta_raw, "step": t}
-        cs.update(updates)
-        for p, st in zip(params, new_states):
-            if st:
-                self.state[p].update(st)
-        eta = cs["eta"]
+        eta = updates.get("eta", cs.get("eta"))
+        new_params: list[tuple[Tensor, Tensor]] = []
         with torch.no_grad():
             for k, (p, d) in enumerate(zip(params, dirs)):
                 lr = self.param_groups[self._group_of[k]]["lr"]
-                if d is None or lr == 0:
-                    continue
                 step_size = float(eta[self._subset_of[k]])
-                if step_size != 0.0:
-                    p.add_(d, alpha=-lr * step_size)
+                if d is None or lr == 0 or step_size == 0.0:
+                    continue
+                new_params.append((p, p.add(d, alpha=-lr * step_size)))
+            if not self.all_finite(v for _, v in new_params):
+                self.skip_step("non-finite update (overflow of lr·η·u)")
+                return
+            cs.update(updates)
+            for key, n in counts.items():
+                self.count(key, n)
+            for p, st in zip(params, new_states):
+                if st:
+                    self.state[p].update(st)
+            for p, v in new_params:
+                p.copy_(v)

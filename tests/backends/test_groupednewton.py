@@ -225,6 +225,19 @@ def test_nan_on_the_fresh_batch_skips_the_step_and_keeps_state():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_overflowing_update_is_skipped():
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))  # float32
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    opt = curvlab.create("groupednewton", model, nn.MSELoss(), lr=1e300, order=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.warns(NonFiniteStepWarning, match="non-finite update"):
+        opt.step(curvlab.closure(model, nn.MSELoss(), x, y))
+    for a, b in zip(before, model.parameters()):
+        assert torch.equal(a, b)
+    assert opt.curv_state == {} and opt.last_tensors is None
+
+
 # ------------------------------------------------------------- state and resume
 @pytest.mark.parametrize("direction", ["sgd-momentum", "adam", "gradient"])
 def test_resume_mid_period_is_bitwise(direction):
