@@ -249,7 +249,8 @@ class GroupedNewton(CurvatureOptimizer):
                 step_size = float(eta[self._subset_of[k]])
                 if d is None or lr == 0 or step_size == 0.0:
                     continue
-                new_params.append((p, p.add(d, alpha=-lr * step_size)))
+                # d · scalar (not alpha=) so that an overflow yields inf instead of raising
+                new_params.append((p, p - d * (lr * step_size)))
             if not self.all_finite(v for _, v in new_params):
                 self.skip_step("non-finite update (overflow of lr·η·u)")
                 return
