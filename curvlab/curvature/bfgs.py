@@ -114,5 +114,7 @@ def bfgs_inverse_update(
     coef = rho * (rho * torch.dot(y, u) + 1.0)
     rs = rho * s
     cand = H - (torch.outer(rs, u) + torch.outer(u, rs)) + coef * torch.outer(s, s)
-    ok = ok & torch.isfinite(cand).all()
+    # a sum is non-finite iff some entry is (or it overflows: then skipping is right too);
+    # one reduction instead of an elementwise isfinite on the whole matrix
+    ok = ok & torch.isfinite(cand.sum())
     return torch.where(ok, cand, H), ok

@@ -15,6 +15,21 @@ matrix is the result of :math:`k` BFGS inverse updates of :math:`H_0`
 
 Cost :math:`O(k d)` per vector. ``v`` may also be a matrix ``(d, c)``: the
 recursion then acts on every column at once (:math:`\alpha_i` becomes a row).
+
+The same matrix in compact form (Byrd, Nocedal & Schnabel 1994), with the
+pairs as rows of :math:`S, Y` (``(k, d)``), :math:`R = \operatorname{triu}(S
+Y^\top)` (:math:`R_{ij} = s_i^\top y_j`, :math:`i \le j`) and :math:`D =
+\operatorname{diag}(S Y^\top)`:
+
+.. math::
+
+    w = R^{-1} S v,\qquad
+    z = R^{-\top}\big((D + \gamma Y Y^\top) w - \gamma Y v\big),\qquad
+    H v = \gamma v + S^\top z - \gamma Y^\top w
+
+(:func:`compact_apply`): a handful of matrix products and two triangular
+solves instead of :math:`2k` sequential steps, which is much faster for
+:math:`k = 100` on small layers. The :math:`k \times k` part runs in float64.
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["LBFGSMemory", "two_loop"]
+__all__ = ["LBFGSMemory", "compact_apply", "two_loop"]
 
 
 def two_loop(S: Tensor, Y: Tensor, v: Tensor, gamma: float = 1.0) -> Tensor:
@@ -74,6 +89,52 @@ def two_loop(S: Tensor, Y: Tensor, v: Tensor, gamma: float = 1.0) -> Tensor:
         c = alphas[k - 1 - i] - b
         r = r + (torch.outer(S[i], c) if r.dim() == 2 else c * S[i])
     return r
+
+
+def compact_apply(S: Tensor, Y: Tensor, v: Tensor, gamma: float = 1.0) -> Tensor:
+    r"""The L-BFGS matrix applied to ``v`` through the compact representation.
+
+    Equal to :func:`two_loop` in exact arithmetic (see the module docstring
+    for the formula); the :math:`k \times k` triangular solves run in float64
+    and the result is returned in ``v``'s dtype.
+
+    Args:
+        S: Steps, shape ``(k, d)``, oldest first.
+        Y: Gradient changes, shape ``(k, d)``, with :math:`s_i^\top y_i > 0`.
+        v: Vector ``(d,)`` or matrix ``(d, c)``.
+        gamma: Initial scaling :math:`H_0 = \gamma I`.
+
+    Returns:
+        :math:`H_k v`, same shape and dtype as ``v``.
+
+    Raises:
+        ValueError: shapes do not match.
+
+    Example:
+        >>> S = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+        >>> Y = torch.tensor([[2.0, 0.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> v = torch.tensor([0.5, -1.0], dtype=torch.float64)
+        >>> torch.allclose(compact_apply(S, Y, v), two_loop(S, Y, v))
+        True
+    """
+    if S.shape != Y.shape or S.dim() != 2 or v.shape[0] != S.shape[1] or v.dim() > 2:
+        raise ValueError(
+            f"compact_apply needs S, Y of shape (k, d) and v of shape (d,) or (d, c); got "
+            f"{tuple(S.shape)}, {tuple(Y.shape)}, {tuple(v.shape)}"
+        )
+    if S.shape[0] == 0:
+        return gamma * v
+    V = v[:, None] if v.dim() == 1 else v
+    S64, Y64 = S.double(), Y.double()
+    SY = S64 @ Y64.T
+    R = SY.triu()
+    a = (S @ V).double()
+    b = (Y @ V).double()
+    w = torch.linalg.solve_triangular(R, a, upper=True)
+    inner = SY.diagonal()[:, None] * w + gamma * ((Y64 @ Y64.T) @ w) - gamma * b
+    z = torch.linalg.solve_triangular(R.T, inner, upper=False)
+    out = gamma * V + S.T @ z.to(V.dtype) - gamma * (Y.T @ w.to(V.dtype))
+    return out[:, 0] if v.dim() == 1 else out
 
 
 class LBFGSMemory:
@@ -128,8 +189,8 @@ class LBFGSMemory:
         self.Y = torch.cat([self.Y, y[None]])[-self.size :]
 
     def apply(self, v: Tensor) -> Tensor:
-        """:math:`H v` by :func:`two_loop` (``v`` of shape ``(d,)`` or ``(d, c)``)."""
-        return two_loop(self.S, self.Y, v, self.gamma)
+        """:math:`H v` by :func:`compact_apply` (``v`` of shape ``(d,)`` or ``(d, c)``)."""
+        return compact_apply(self.S, self.Y, v, self.gamma)
 
     def dense(self) -> Tensor:
         """The matrix :math:`H` itself, ``(d, d)`` (for tests and small ``d``)."""

@@ -81,6 +81,11 @@ def _layer_matrix(weight: Tensor, bias: Tensor | None) -> Tensor:
     return weight if bias is None else torch.cat([weight, bias[:, None]], dim=1)
 
 
+def _sums_finite(tensors: list[Tensor]) -> bool:
+    """True when every tensor is finite (a sum is NaN/Inf iff an entry is, or it overflows)."""
+    return not tensors or bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all())
+
+
 class _KBFGSBase(CurvatureOptimizer):
     """Shared K-BFGS machinery; subclasses choose how H_g is stored and applied."""
 
@@ -154,9 +159,10 @@ class _KBFGSBase(CurvatureOptimizer):
             P = self._hg_apply(entry, Mat, group) @ entry["H_a"]
             new_curv[name] = entry
             directions.append((mod, P))
-        checks = [t for e in new_curv.values() for t in e.values()]
-        checks += list(new_mom.values()) + [P for _, P in directions]
-        if not self.all_finite(checks):
+        # new A and H_a, and P (which involves H_g and the momenta); one sync for all layers
+        checks = [e[k] for e in new_curv.values() for k in ("A", "H_a")]
+        checks += [P for _, P in directions]
+        if not _sums_finite(checks):
             self.skip_step("non-finite K-BFGS curvature or direction")
             return
         # commit phase 1

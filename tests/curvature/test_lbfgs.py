@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from curvlab.curvature.bfgs import bfgs_inverse_update
-from curvlab.curvature.lbfgs import LBFGSMemory, two_loop
+from curvlab.curvature.lbfgs import LBFGSMemory, compact_apply, two_loop
 
 F64 = torch.float64
 
@@ -48,6 +48,20 @@ def test_two_loop_equals_dense_bfgs_product(k, d, gamma):
     assert torch.allclose(two_loop(S, Y, V, gamma), H @ V, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(("k", "d", "gamma"), CASES)
+def test_compact_form_equals_two_loop(k, d, gamma):
+    S, Y = _pairs(k, d, seed=2)
+    V = torch.randn(d, 4, dtype=F64)
+    assert torch.allclose(compact_apply(S, Y, V, gamma), two_loop(S, Y, V, gamma), rtol=1e-10,
+                          atol=1e-12)
+    assert torch.allclose(compact_apply(S, Y, V[:, 0], gamma), two_loop(S, Y, V[:, 0], gamma),
+                          rtol=1e-10, atol=1e-12)
+    ref = two_loop(S, Y, V, gamma)
+    got32 = compact_apply(S.float(), Y.float(), V.float(), gamma)
+    assert got32.dtype == torch.float32
+    assert torch.allclose(got32.double(), ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()))
+
+
 def test_secant_equation_for_the_newest_pair():
     S, Y = _pairs(6, 5)
     assert torch.allclose(two_loop(S, Y, Y[-1]), S[-1], rtol=1e-10)
@@ -81,6 +95,7 @@ def test_invalid_memory_raises(dim, size, match):
         LBFGSMemory(dim, size)
 
 
-def test_two_loop_shape_mismatch_raises():
-    with pytest.raises(ValueError, match="two_loop needs"):
-        two_loop(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4))
+@pytest.mark.parametrize("fn", [two_loop, compact_apply], ids=["two_loop", "compact"])
+def test_shape_mismatch_raises(fn):
+    with pytest.raises(ValueError, match=f"{fn.__name__} needs"):
+        fn(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4))
