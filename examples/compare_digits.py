@@ -5,7 +5,7 @@ budget; runs are stored in SQLite keyed by a hash of their configuration, so
 re-running the script resumes instead of starting over. The same comparison
 from the shell::
 
-    curvlab compare --problem digits-mlp --optimizers sgd adam kfac foof --steps 200 \
+    curvlab compare --problem digits-mlp --optimizers sgd,adam,kfac,foof --steps 200 \
         --report results/
 
 Run::

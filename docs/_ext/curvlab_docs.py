@@ -16,6 +16,8 @@ Directives:
 ``.. curvlab-hparams-all::``
     A section with the above for every registered optimizer (``:exclude:``
     takes a space-separated list of names to leave out).
+``.. curvlab-problems::``
+    The harness's registered problems (summary, task, batch size, target).
 ``.. curvlab-cli::``
     ``--help`` of the ``curvlab`` command and of each sub-command.
 
@@ -267,6 +269,36 @@ class HParamsAllDirective(_CurvlabDirective):
         return out
 
 
+class ProblemsDirective(_CurvlabDirective):
+    """``.. curvlab-problems::``: the registered benchmark problems of the harness."""
+
+    def generate(self) -> list[nodes.Node]:
+        try:
+            problems = importlib.import_module("curvlab.harness.problems")
+            names = problems.available_problems()
+        except Exception as err:  # noqa: BLE001
+            return self.unavailable("the harness problem registry", f"{type(err).__name__}: {err}")
+        rows = []
+        for name in names:
+            try:
+                prob = problems.load_problem(name)
+            except Exception as err:  # noqa: BLE001
+                rows.append([_para(_literal(name)), _para(f"not loadable ({err})"), _para(""),
+                             _para(""), _para("")])
+                continue
+            rows.append(
+                [
+                    _para(_literal(name)),
+                    _para(prob.summary),
+                    _para(prob.task),
+                    _para(str(prob.batch_size)),
+                    _para(_literal(repr(prob.target_loss))),
+                ]
+            )
+        headers = ["problem", "data, model and loss", "task", "batch", "loss target"]
+        return [_table(headers, rows, [16, 50, 12, 8, 10])]
+
+
 # ----------------------------------------------------------------------- CLI
 @contextlib.contextmanager
 def _cli_environment(columns: int) -> Iterator[None]:
@@ -397,6 +429,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("curvlab-optimizers", OptimizersDirective)
     app.add_directive("curvlab-hparams", HParamsDirective)
     app.add_directive("curvlab-hparams-all", HParamsAllDirective)
+    app.add_directive("curvlab-problems", ProblemsDirective)
     app.add_directive("curvlab-cli", CliDirective)
     app.connect("missing-reference", _resolve_reexport)
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
