@@ -61,6 +61,7 @@ class PreactivationCapture:
         self.loss_is_sum = loss_is_sum
         self.who = who
         self.records: dict[str, dict[str, Tensor]] = {}
+        self.outputs: dict[str, Tensor] = {}
         self._active = False
         self._inputs = False
         self._handles = [
@@ -92,6 +93,7 @@ class PreactivationCapture:
                 rec["a_mean"] = x2.mean(0)
                 rec["A"] = (x2.T @ x2) / x2.shape[0]
         if h.requires_grad:
+            self.outputs[name] = h
             rows = h2.shape[0]
 
             def grad_hook(g: Tensor) -> None:
@@ -109,13 +111,17 @@ class PreactivationCapture:
 
         Yields:
             The records dict, ``{layer: {"h_mean", "g_mean", ["A", "a_mean"]}}``.
+            During the block, :attr:`outputs` holds the layer outputs (with
+            their graph) so that ``torch.autograd.grad(loss, outputs)`` can
+            fill in ``g_mean`` without computing weight gradients.
         """
-        self.records = {}
+        self.records, self.outputs = {}, {}
         self._active, self._inputs = True, inputs
         try:
             yield self.records
         finally:
             self._active = False
+            self.outputs = {}
 
     def remove(self) -> None:
         """Remove the forward hooks."""

@@ -17,7 +17,12 @@ Kronecker product :math:`A \otimes G`, whose inverse is kept as
    :math:`\lambda_A = \sqrt\lambda`.
 3. Gradient momentum :math:`M \leftarrow \mu M + (1-\mu)(\nabla_W L +
    w W)`; direction :math:`P = H_g M H_a`; :math:`W \leftarrow W - \alpha P`.
-4. Evaluate the same batch again at the new point :math:`\theta^+`;
+4. Evaluate the same batch again at the new point :math:`\theta^+` (with
+   ``backward=False`` and ``torch.autograd.grad`` w.r.t. the layer outputs
+   when the closure accepts that keyword, as :func:`curvlab.closure` does:
+   no weight gradients are computed and ``.grad`` keeps the gradients at
+   :math:`\theta`; a plain closure is just called again, leaving the
+   gradients at :math:`\theta^+` in ``.grad``);
    :math:`s = \bar h(\theta^+) - \bar h(\theta)`,
    :math:`y = \bar g(\theta^+) - \bar g(\theta)`, momentum
    :math:`s \leftarrow \mu_{sy} s + (1-\mu_{sy}) s_{new}` (same for
@@ -37,6 +42,7 @@ safely positive after damping).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +85,15 @@ _COMMON = [
 def _layer_matrix(weight: Tensor, bias: Tensor | None) -> Tensor:
     """``[W | b]`` of shape ``(out, in + 1)`` (or ``W`` without bias)."""
     return weight if bias is None else torch.cat([weight, bias[:, None]], dim=1)
+
+
+def _accepts_backward(closure: Callable[..., Tensor]) -> bool:
+    """Whether the closure takes the contract's ``backward=`` keyword (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(closure).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "backward" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _sums_finite(tensors: list[Tensor]) -> bool:
@@ -206,7 +221,14 @@ class _KBFGSBase(CurvatureOptimizer):
     ) -> None:
         """Second evaluation at θ⁺ on the same batch, then the damped H_g updates."""
         with self._capture.recording(inputs=False) as second, torch.enable_grad():
-            call_closure(closure, who=self.name)
+            if _accepts_backward(closure):
+                # only ∂L/∂h is needed: skip the weight gradients and leave .grad alone
+                loss = call_closure(closure, who=self.name, backward=False)
+                outs = list(self._capture.outputs.values())
+                if outs and isinstance(loss, Tensor) and loss.requires_grad:
+                    torch.autograd.grad(loss, outs, allow_unused=True)
+            else:
+                call_closure(closure, who=self.name)
         flags = []
         for name in names:
             r0, r1 = first[name], second.get(name, {})
