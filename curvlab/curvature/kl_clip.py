@@ -12,17 +12,69 @@ distribution by about :math:`\alpha^2 \sum_l \langle v_l, g_l \rangle`
     \nu = \min\Big(1, \sqrt{\frac{\kappa}{\alpha^2 \sum_l \langle v_l, g_l\rangle}}\Big)
 
 (Ba, Grosse & Martens 2017; the rule used by common PyTorch K-FAC code).
+
+:func:`inner_products` computes the :math:`\langle v_l, g_l\rangle` with one
+device synchronisation; it doubles as a cheap NaN guard on the directions
+(with finite :math:`g`, a non-finite entry of any :math:`v_l` makes its
+inner product non-finite, since :math:`\pm\infty \cdot 0` is NaN).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["kl_clip_factor"]
+__all__ = ["inner_products", "kl_clip_factor", "kl_clip_scale"]
+
+
+def inner_products(directions: Sequence[Tensor], grads: Sequence[Tensor]) -> list[float]:
+    r""":math:`\langle v_l, g_l \rangle` for every pair, in float64, with a single device sync.
+
+    Args:
+        directions: Preconditioned gradients :math:`v_l`.
+        grads: Gradients :math:`g_l`, same shapes, same order.
+
+    Returns:
+        One Python float per pair (``nan``/``inf`` when a :math:`v_l` is not finite).
+
+    Example:
+        >>> import torch
+        >>> inner_products([torch.tensor([2.0, 0.0]), torch.ones(2)], [torch.tensor([2.0, 1.0]), torch.ones(2)])
+        [4.0, 2.0]
+        >>> inner_products([torch.tensor([float("inf")])], [torch.zeros(1)])
+        [nan]
+    """
+    if not directions:
+        return []
+    dots = [torch.dot(v.reshape(-1), g.to(v.dtype).reshape(-1)) for v, g in zip(directions, grads)]
+    return torch.stack(dots).double().tolist()
+
+
+def kl_clip_scale(vg: float, bound: float) -> float:
+    r""":math:`\nu = \min(1, \sqrt{\kappa / x})` from the predicted change :math:`x = \alpha^2 \sum_l \langle v_l, g_l\rangle`.
+
+    Args:
+        vg: :math:`x` (already multiplied by the squared learning rates).
+        bound: :math:`\kappa > 0`.
+
+    Returns:
+        :math:`\nu \in (0, 1]`; ``1.0`` when :math:`x \le 0` or not finite.
+
+    Raises:
+        ValueError: ``bound`` not > 0.
+
+    Example:
+        >>> kl_clip_scale(4.0, 1.0)
+        0.5
+    """
+    if not bound > 0:
+        raise ValueError(f"KL-clip bound must be > 0, got {bound!r}")
+    if not vg > 0 or not math.isfinite(vg):
+        return 1.0
+    return min(1.0, math.sqrt(bound / vg))
 
 
 def kl_clip_factor(
@@ -51,10 +103,4 @@ def kl_clip_factor(
         >>> kl_clip_factor(v, g, lr=0.1, bound=1.0)
         1.0
     """
-    if not bound > 0:
-        raise ValueError(f"KL-clip bound must be > 0, got {bound!r}")
-    dots = [torch.sum(v * g.to(v.dtype)).double() for v, g in zip(directions, grads)]
-    vg = float(torch.stack(dots).sum()) * lr * lr if dots else 0.0
-    if not vg > 0 or not math.isfinite(vg):
-        return 1.0
-    return min(1.0, math.sqrt(bound / vg))
+    return kl_clip_scale(sum(inner_products(list(directions), list(grads))) * lr * lr, bound)

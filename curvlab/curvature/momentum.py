@@ -12,7 +12,9 @@ weight decay :math:`w`:
 
 (the decay is added after preconditioning, as common K-FAC code does by
 handing the preconditioned gradient to SGD). The buffer lives in
-``optimizer.state[p]["momentum_buffer"]``.
+``optimizer.state[p]["momentum_buffer"]``. Each group is updated with
+``torch._foreach_*`` ops (one call per operation for all its parameters,
+as torch's SGD with ``foreach=True``), with the same arithmetic per element.
 """
 
 from __future__ import annotations
@@ -45,18 +47,26 @@ def momentum_step_(optimizer: torch.optim.Optimizer, directions: Mapping[Tensor,
     """
     for group in optimizer.param_groups:
         lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            d = directions.get(p, p.grad)
-            if wd != 0:
-                d = d.add(p, alpha=wd)
-            if mu != 0:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        steps = [directions.get(p, p.grad) for p in params]
+        if wd != 0:
+            steps = torch._foreach_add(steps, params, alpha=wd)
+        if mu != 0:
+            bufs = []
+            old, new = [], []
+            for p, d in zip(params, steps):
                 state = optimizer.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:
                     buf = state["momentum_buffer"] = d.detach().clone()
                 else:
-                    buf.mul_(mu).add_(d)
-                d = buf
-            p.add_(d, alpha=-lr)
+                    old.append(buf)
+                    new.append(d)
+                bufs.append(buf)
+            if old:
+                torch._foreach_mul_(old, mu)
+                torch._foreach_add_(old, new)
+            steps = bufs
+        torch._foreach_add_(params, steps, alpha=-lr)

@@ -17,22 +17,28 @@ Algorithm (one ``step(closure)``, :math:`t` counting committed steps):
 4. SGD with momentum and weight decay on the directions (:mod:`curvlab.curvature.momentum`).
 
 NaN guard: new factors and inverses are checked before they are committed;
-a non-finite one skips the step (nothing changes). Monte-Carlo targets are
-drawn from a private RNG state kept in ``curv_state`` (resume is bitwise).
+a non-finite one skips the step (nothing changes). The directions are
+checked through the inner products :math:`\langle V_l, \nabla W_l\rangle`
+that KL-clipping needs anyway (one device sync per step). Monte-Carlo
+targets are drawn from a private RNG state kept in ``curv_state`` (resume
+is bitwise).
 
-Construction calls ``backpack.extend`` on the *user's* model and loss
-module (it registers forward/backward hooks on them); the closure must use
-exactly these two objects.
+BackPACK's hooks are installed on the model and the loss module only for
+the closure call of a factor step (:mod:`curvlab_plugins.kfac.hooks`); the
+closure must use exactly these two objects. Other steps run the plain
+model: a step between factor/inverse updates costs an SGD step plus two
+small matrix products per layer.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from backpack import backpack, disable, extend
+from backpack import backpack
 from backpack.extensions import KFAC as BackpackKFAC
 from backpack.extensions import KFLR
 from backpack.extensions.secondorder.hbp.losses import (
@@ -42,13 +48,14 @@ from backpack.extensions.secondorder.hbp.losses import (
 from torch import Tensor, nn
 
 from curvlab.closure import call_closure
-from curvlab.curvature.kl_clip import kl_clip_factor
+from curvlab.curvature.kl_clip import inner_products, kl_clip_scale
 from curvlab.curvature.kronecker import KroneckerBlock
 from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
 from curvlab.curvature.momentum import momentum_step_
 from curvlab.hparams import HParam, Schema
 from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
 from curvlab_plugins.kfac.backpack_bce import HBPSoftBCEWithLogitsLoss
+from curvlab_plugins.kfac.hooks import BackpackHooks
 from curvlab_plugins.kfac.seeded import SeededLossExtension
 from curvlab_plugins.kfac.support import check_loss, check_model
 
@@ -151,8 +158,7 @@ class KFAC(CurvatureOptimizer):
                         f"{self.name}: a parameter of shape {tuple(p.shape)} is not in a "
                         "Linear/Conv2d layer of the model; K-FAC preconditions only those"
                     )
-        extend(model)
-        extend(self.loss_fn)
+        self.hooks = BackpackHooks(model, self.loss_fn)
         d = self.defaults
         self.blocks = kfac_blocks(layers)
         self._group_of = {id(p): g for g in self.param_groups for p in g["params"]}
@@ -180,15 +186,14 @@ class KFAC(CurvatureOptimizer):
     def _evaluate(self, closure: Callable[..., Tensor]) -> Tensor:
         self._pending = None
         if self.curv_state["step"] % self.defaults["factor_every"] != 0:
-            with disable():
-                return call_closure(closure, who=self.name)
+            return call_closure(closure, who=self.name)
         self.sampler.state = self.curv_state["rng"]
         self.sampler.seed = self.curv_state["seed"]
         savefield = self.extension.savefield
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_HOOK_WARNING)
-                with backpack(self.extension):
+                with self.hooks, backpack(self.extension):
                     loss = call_closure(closure, who=self.name)
         except (AssertionError, NotImplementedError) as err:
             raise ValueError(
@@ -216,7 +221,7 @@ class KFAC(CurvatureOptimizer):
     @torch.no_grad()
     def _update(self, closure, loss) -> None:
         pending, self._pending = self._pending, None
-        blocks = dict(self.curv_state["blocks"])
+        blocks = self.curv_state["blocks"]
         step = self.curv_state["step"]
         if pending is not None and pending["estimates"]:
             new = self.preconditioner.accumulate(
@@ -225,42 +230,39 @@ class KFAC(CurvatureOptimizer):
             if new is None:
                 self.skip_step("non-finite Kronecker factors")
                 return
-            blocks.update(new)
+            blocks = {**blocks, **new}
         if not blocks:
             self.skip_step("no Kronecker factors yet (the first step must compute them)")
             return
         if step % self.defaults["inverse_every"] == 0 or any(
-            not any(k.endswith("_inv") for k in blocks.get(b.name, {})) for b in self.blocks
+            "G_inv" not in blocks.get(b.name, ()) for b in self.blocks
         ):
             inv = self.preconditioner.invert(blocks, self._damping())
             if inv is None:
                 self.skip_step("damped inverse failed or is not finite")
                 return
-            blocks.update(inv)
-        directions = {b.name: self.preconditioner.directions(blocks, b)[0] for b in self.blocks}
-        if not self.all_finite(directions.values()):
+            blocks = {**blocks, **inv}
+        directions = [self.preconditioner.directions(blocks, b)[0] for b in self.blocks]
+        lrs = [self._group_of[id(b.params[0])]["lr"] for b in self.blocks]
+        dots = inner_products(directions, [b.params[0].grad for b in self.blocks])
+        vg = sum(lr * lr * x for lr, x in zip(lrs, dots))
+        if not math.isfinite(vg) or not all(map(math.isfinite, dots)):
             self.skip_step("non-finite preconditioned gradient")
             return
-        self._clip(directions)
+        self._clip(directions, vg)
         self.curv_state["blocks"] = blocks
         self.curv_state["step"] = step + 1
         if pending is not None:
             self.curv_state["rng"] = pending["rng"]
-        momentum_step_(self, {b.params[0]: directions[b.name] for b in self.blocks})
+        momentum_step_(self, {b.params[0]: v for b, v in zip(self.blocks, directions)})
         self.count("kfac_steps")
 
-    def _clip(self, directions: dict[str, Tensor]) -> None:
+    def _clip(self, directions: list[Tensor], vg: float) -> None:
+        """Scale ``directions`` in place by KL-clipping's ν (``vg`` = Σ α²⟨v, g⟩)."""
         kappa = self.defaults["kl_clip"]
         if kappa is None:
             return
-        lrs = [self._group_of[id(b.params[0])]["lr"] for b in self.blocks]
-        nu = kl_clip_factor(
-            [lr * directions[b.name] for lr, b in zip(lrs, self.blocks)],
-            [lr * b.params[0].grad for lr, b in zip(lrs, self.blocks)],
-            lr=1.0,
-            bound=kappa,
-        )
+        nu = kl_clip_scale(vg, kappa)
         self.stats["kl_clip_nu"] = nu
         if nu < 1.0:
-            for name in directions:
-                directions[name] = directions[name] * nu
+            torch._foreach_mul_(directions, nu)
