@@ -32,7 +32,6 @@ extensions = [
     "curvlab_docs",
 ]
 
-templates_path = ["_templates"]
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 root_doc = "index"
 
@@ -76,3 +75,8 @@ curvlab_docs_strict = os.environ.get("CURVLAB_DOCS_STRICT", "1") != "0"
 html_theme = "furo"
 html_title = f"curvlab {release}"
 html_static_path = []
+smartquotes = False  # keep quotes in code-like text (hparam docs) straight
+
+# One API page per module of these packages, written to docs/api/generated/ at build time.
+curvlab_api_packages = ["curvlab", "curvlab_plugins"]
+curvlab_api_dir = "api/generated"

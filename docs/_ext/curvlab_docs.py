@@ -21,6 +21,9 @@ Directives:
 ``.. curvlab-cli::``
     ``--help`` of the ``curvlab`` command and of each sub-command.
 
+It also writes one API page per module of ``curvlab_api_packages`` into
+``curvlab_api_dir`` when the build starts (see :func:`module_tree`).
+
 An optimizer that cannot be loaded (e.g. a backend still being written, or
 one whose optional extra is missing) yields a note in the page instead of a
 table. With ``curvlab_docs_strict = True`` a registered, available optimizer
@@ -32,9 +35,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import os
+import pkgutil
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from docutils import nodes
@@ -381,6 +387,79 @@ class CliDirective(SphinxDirective):
         return out
 
 
+# ------------------------------------------------------------ module pages
+def _public_members(module: Any) -> list[str]:
+    """Public classes and functions defined in ``module`` itself (not re-exports)."""
+    names = []
+    for name, obj in vars(module).items():
+        if name.startswith("_") or not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        if getattr(obj, "__module__", None) == module.__name__:
+            names.append(name)
+    return names
+
+
+def module_page(module: Any, submodules: list[str]) -> str:
+    """The reST source of one module's API page.
+
+    autodoc documents what the module defines (re-exports are documented
+    where they are defined), a summary table links to each public object and
+    a toctree lists the sub-modules.
+    """
+    name = module.__name__
+    lines = [name, "=" * len(name), "", f".. automodule:: {name}", "   :members:",
+             "   :show-inheritance:", "   :ignore-module-all:", ""]
+    members = _public_members(module)
+    if members:
+        lines += [".. rubric:: Summary", "", ".. autosummary::", "   :nosignatures:", ""]
+        lines += [f"   {m}" for m in members] + [""]
+    if submodules:
+        lines += [".. rubric:: Modules", "", ".. toctree::", "   :maxdepth: 1", ""]
+        lines += [f"   {sub}" for sub in submodules] + [""]
+    return "\n".join(lines)
+
+
+def module_tree(packages: list[str]) -> dict[str, list[str]]:
+    """Every importable module under ``packages`` → its direct sub-modules.
+
+    Modules are imported by their real name (``importlib.import_module``),
+    never looked up as package attributes: ``curvlab.closure`` the module is
+    shadowed by ``curvlab.closure`` the function on the package, which is why
+    autosummary's ``:recursive:`` cannot be used here.
+    """
+    tree: dict[str, list[str]] = {}
+    for root in packages:
+        pkg = importlib.import_module(root)
+        tree[root] = []
+        for info in pkgutil.walk_packages(pkg.__path__, prefix=root + ".", onerror=lambda n: None):
+            tree.setdefault(info.name, [])
+            tree.setdefault(info.name.rpartition(".")[0], []).append(info.name)
+    return tree
+
+
+def _write_module_pages(app: Sphinx) -> None:
+    """``builder-inited``: (re)write ``curvlab_api_dir/<module>.rst`` for every module."""
+    packages: list[str] = app.config.curvlab_api_packages
+    if not packages:
+        return
+    out = Path(app.srcdir) / app.config.curvlab_api_dir
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = set()
+    for name, subs in sorted(module_tree(packages).items()):
+        try:
+            module = importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - reported as a build warning
+            logger.warning("curvlab-docs: cannot import %s: %s", name, err)
+            continue
+        path = out / f"{name}.rst"
+        wanted.add(path)
+        text = module_page(module, sorted(subs))
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+    for stale in set(out.glob("*.rst")) - wanted:
+        stale.unlink()
+
+
 # ---------------------------------------------------- re-exported names
 def canonical_target(target: str) -> str | None:
     """Where a re-exported name is documented: ``curvlab.create`` → ``curvlab.api.create``.
@@ -426,6 +505,9 @@ def setup(app: Sphinx) -> dict[str, Any]:
     """Register the directives and their configuration values."""
     app.add_config_value("curvlab_backend_pages", {}, "env")
     app.add_config_value("curvlab_docs_strict", False, "env")
+    app.add_config_value("curvlab_api_packages", [], "env")
+    app.add_config_value("curvlab_api_dir", "api/generated", "env")
+    app.connect("builder-inited", _write_module_pages)
     app.add_directive("curvlab-optimizers", OptimizersDirective)
     app.add_directive("curvlab-hparams", HParamsDirective)
     app.add_directive("curvlab-hparams-all", HParamsAllDirective)
