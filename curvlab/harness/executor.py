@@ -4,9 +4,11 @@ Runs are independent, so the grid is embarrassingly parallel. The parent
 process alone writes the store: workers return :class:`RunResult` objects.
 
 ``process`` (default) uses a :class:`concurrent.futures.ProcessPoolExecutor`
-with the ``spawn`` start method and one run per worker process
-(``max_tasks_per_child=1``), so that the peak resident memory measured in a
-run belongs to that run alone. ``ray`` submits the runs as Ray tasks
+with one run per worker process (``max_tasks_per_child=1``), so that the
+peak resident memory measured in a run belongs to that run alone. Workers
+are forked from a ``forkserver`` that has imported torch and curvlab once
+(``spawn`` where forkserver is not available), so a run does not pay for
+a fresh interpreter. ``ray`` submits the runs as Ray tasks
 (``pip install 'curvlab[ray]'``; imported only when asked). ``serial`` runs
 in this process (tests, debugging).
 """
@@ -96,7 +98,7 @@ def run_configs(
                 store.save(execute(c))
                 bar.update()
         elif executor == "process":
-            ctx = mp.get_context("spawn")
+            ctx = _context()
             with ProcessPoolExecutor(jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
                 futures = {}
                 for c in todo:
@@ -125,6 +127,14 @@ def run_configs(
                 store.save(result)
                 bar.update()
     return len(todo)
+
+
+def _context() -> mp.context.BaseContext:
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["curvlab.harness.runner", "curvlab_plugins"])
+    return ctx
 
 
 def _result_or_error(fut, config: RunConfig) -> RunResult:  # noqa: ANN001

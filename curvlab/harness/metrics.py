@@ -80,6 +80,7 @@ def summarize(
             "errors": len(runs) - len(ok),
             "error": next((r.error for _, r in runs if r.status != "done"), ""),
             "diverged": sum(bool(x.get("diverged")) for x in m),
+            "warnings": sum(int(x.get("warnings", 0)) for x in m),
         }
         for col, key in (("final_loss", "final_loss"), ("best_loss", "best_loss"),
                          ("test_loss", "final_test_loss"), ("test_acc", "final_test_acc")):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +60,9 @@ class RunResult:
         stop_reason: ``"steps"``, ``"seconds"`` or ``"diverged"``.
         metrics: Scalars: ``steps``, ``train_time``, ``step_time``,
             ``initial_loss``, ``final_loss``, ``best_loss``, ``final_test_loss``,
-            ``final_test_acc``, ``peak_mem_mb``, ``mem_delta_mb``, ``diverged``.
+            ``final_test_acc``, ``peak_mem_mb``, ``mem_delta_mb``, ``diverged``,
+            ``warnings`` (number of warnings the run raised; they are not printed)
+            and ``warning_kinds`` (their categories).
         stats: The optimizer's ``stats`` counters at the end.
         curve: Recorded points.
     """
@@ -122,7 +125,12 @@ def execute(config: RunConfig) -> RunResult:
         ('done', 'steps', 20, True)
     """
     try:
-        return _execute(config)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = _execute(config)
+        result.metrics["warnings"] = len(caught)
+        result.metrics["warning_kinds"] = sorted({w.category.__name__ for w in caught})
+        return result
     except Exception as err:  # noqa: BLE001 - a failing run is recorded, not raised
         return RunResult(key=config.key(), status="error", error=f"{type(err).__name__}: {err}")
 

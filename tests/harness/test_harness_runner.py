@@ -1,0 +1,86 @@
+"""Runner: budgets, divergence as a result, failing optimizers recorded, metrics."""
+
+import math
+
+import pytest
+import torch
+
+import curvlab
+from curvlab.harness.config import RunConfig
+from curvlab.harness.metrics import mean_std, summarize, time_to_target
+from curvlab.harness.runner import CurvePoint, RunResult, execute
+from curvlab_plugins.baselines import SGD
+
+
+def test_step_budget_and_eval_points():
+    r = execute(RunConfig("quadratic", "sgd", {"lr": 0.1}, seed=0, steps=20, eval_every=7))
+    assert r.status == "done" and r.stop_reason == "steps" and r.metrics["steps"] == 20
+    evals = [p.step for p in r.curve if p.kind == "eval"]
+    assert evals == [0, 7, 14, 20]
+    batch = [p for p in r.curve if p.kind == "batch"]
+    assert [p.step for p in batch] == list(range(1, 21))
+    assert all(b.time <= a.time for b, a in zip(batch, batch[1:]))
+
+
+def test_time_budget():
+    r = execute(RunConfig("quadratic", "sgd", {"lr": 0.1}, seed=0, steps=None, seconds=0.05))
+    assert r.stop_reason == "seconds" and r.metrics["train_time"] >= 0.05
+
+
+def test_divergence_is_a_result():
+    r = execute(RunConfig("quadratic", "sgd", {"lr": 50.0}, seed=0, steps=200, eval_every=10))
+    assert r.status == "done" and r.stop_reason == "diverged"
+    assert r.metrics["diverged"] and r.metrics["steps"] < 200
+    assert r.metrics["final_loss"] == math.inf
+
+
+def test_failing_optimizer_is_recorded_not_raised():
+    class Broken(SGD):
+        name = "brokenopt"
+
+        def _update(self, closure, loss):
+            raise RuntimeError("boom")
+
+    curvlab.register("brokenopt", Broken, replace=True)
+    try:
+        r = execute(RunConfig("quadratic", "brokenopt", {}, seed=0, steps=5))
+    finally:
+        curvlab.unregister("brokenopt")
+    assert r.status == "error" and "boom" in r.error
+
+
+def test_second_order_like_convergence_on_quadratic():
+    r = execute(RunConfig("quadratic", "adam", {"lr": 0.05}, seed=0, steps=300, eval_every=50))
+    assert r.metrics["final_loss"] < r.metrics["initial_loss"] / 10
+    assert r.metrics["optimum"] is not None and r.metrics["best_loss"] >= r.metrics["optimum"] - 1e-6
+
+
+def test_float64_run_and_deterministic_repeat():
+    cfg = RunConfig("teacherstudent", "sgd", {"lr": 0.1}, seed=2, steps=10, eval_every=5,
+                    dtype="float64")
+    a, b = execute(cfg), execute(cfg)
+    assert [p.loss for p in a.curve] == [p.loss for p in b.curve]
+    assert torch.get_default_dtype() == torch.float32
+
+
+@pytest.mark.parametrize(
+    "losses, target, expected",
+    [([2.0, 1.0, 0.5], 1.0, (10, 1.0)), ([2.0, 1.5], 1.0, None), ([0.1], 1.0, (0, 0.0)),
+     ([2.0, math.nan, 0.5], 0.6, (20, 2.0))],
+    ids=["reached", "missed", "at-start", "nan-skipped"],
+)
+def test_time_to_target(losses, target, expected):
+    curve = [CurvePoint("eval", 10 * i, float(i), v) for i, v in enumerate(losses)]
+    assert time_to_target(curve, target) == expected
+
+
+def test_summary_ratio_and_mean_std():
+    def res(loss, st):
+        return RunResult("k", "done", "steps", {"final_loss": loss, "step_time": st,
+                                                 "diverged": False}, {}, [])
+
+    rows = summarize({"sgd": [({}, res(1.0, 0.001)), ({}, res(3.0, 0.001))],
+                      "x": [({}, res(0.5, 0.004))]}, target=0.1)
+    by = {r["label"]: r for r in rows}
+    assert by["sgd"]["final_loss"] == 2.0 and by["sgd"]["final_loss_std"] == mean_std([1, 3])[1]
+    assert by["x"]["ratio_vs_sgd"] == pytest.approx(4.0)
