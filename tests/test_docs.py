@@ -116,3 +116,14 @@ def test_docs_build_without_warnings_and_document_everything(tmp_path):
     cli = (out / "cli.html").read_text()
     for sub in ("list", "info", "compare", "ablate", "report"):
         assert f'id="cli-{sub}"' in cli
+
+
+def test_module_pages_cover_every_module_even_when_a_function_shadows_it():
+    tree = curvlab_docs.module_tree(["curvlab", "curvlab_plugins"])
+    assert "curvlab.closure" in tree["curvlab"]  # the module, not the function curvlab.closure
+    assert "curvlab_plugins.kfac" in tree["curvlab_plugins"]
+    children = {c for subs in tree.values() for c in subs}
+    assert set(tree) - {"curvlab", "curvlab_plugins"} == children  # every page is in a toctree
+    page = curvlab_docs.module_page(importlib.import_module("curvlab.closure"), [])
+    assert ".. automodule:: curvlab.closure" in page
+    assert {"   closure", "   LossClosure", "   call_closure"} <= set(page.splitlines())
