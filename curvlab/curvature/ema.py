@@ -18,6 +18,7 @@ taken as it is). Only the tensor and the count :math:`t` are stored.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 __all__ = ["ema_update", "ema_weight"]
@@ -52,8 +53,8 @@ def ema_weight(decay: float, count: int) -> float:
 def ema_update(avg: Tensor | None, new: Tensor, decay: float, count: int) -> Tensor:
     r"""Bias-corrected EMA after the ``count``-th estimate ``new`` (out of place).
 
-    :math:`\bar x_t = \bar x_{t-1} + w_t (x_t - \bar x_{t-1})`, computed in
-    ``avg``'s dtype (the new estimate is cast to it).
+    :math:`\bar x_t = \bar x_{t-1} + w_t (x_t - \bar x_{t-1})` (one
+    ``torch.lerp``), computed in ``avg``'s dtype (the new estimate is cast to it).
 
     Args:
         avg: Previous corrected average :math:`\bar x_{t-1}` (``None`` when ``count == 1``).
@@ -79,4 +80,4 @@ def ema_update(avg: Tensor | None, new: Tensor, decay: float, count: int) -> Ten
         if count != 1:
             raise ValueError(f"avg is None but count = {count}; pass the previous average")
         return new.clone()
-    return avg + w * (new.to(avg.dtype) - avg)
+    return torch.lerp(avg, new if new.dtype == avg.dtype else new.to(avg.dtype), w)

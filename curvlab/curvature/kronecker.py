@@ -58,7 +58,8 @@ def block_matrix(tensors: Sequence[Tensor]) -> Tensor:
             of a weight ``(out, in, kh, kw)`` and a bias ``(out,)``).
 
     Returns:
-        ``torch.cat([t.reshape(out, -1) for t in tensors], dim=1)``.
+        ``torch.cat([t.reshape(out, -1) for t in tensors], dim=1)``; for a
+        single tensor its reshape (a view where possible, no copy).
 
     Example:
         >>> block_matrix([torch.ones(2, 3), torch.zeros(2)])
@@ -66,6 +67,8 @@ def block_matrix(tensors: Sequence[Tensor]) -> Tensor:
                 [1., 1., 1., 0.]])
     """
     out = tensors[0].shape[0]
+    if len(tensors) == 1:
+        return tensors[0].reshape(out, -1)
     return torch.cat([t.reshape(out, -1) for t in tensors], dim=1)
 
 
@@ -78,6 +81,8 @@ def split_matrix(M: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
         tensor([3., 7.])
     """
     out = M.shape[0]
+    if len(like) == 1:
+        return [M.reshape(like[0].shape)]
     sizes = [t.numel() // out for t in like]
     return [c.reshape(t.shape) for c, t in zip(torch.split(M, sizes, dim=1), like)]
 
@@ -91,18 +96,21 @@ def kron_precondition(M: Tensor, G_inv: Tensor | None, A_inv: Tensor | None) -> 
         A_inv: ``(d, d)`` or ``None`` (identity).
 
     Returns:
-        The preconditioned matrix, ``(out, d)``, in ``M``'s dtype.
+        The preconditioned matrix, ``(out, d)``, in ``M``'s dtype; always a
+        new tensor (never ``M`` itself), so callers may scale it in place.
 
     Example:
         >>> kron_precondition(torch.ones(2, 2), 2 * torch.eye(2), None)
         tensor([[2., 2.],
                 [2., 2.]])
     """
+    if G_inv is None and A_inv is None:
+        return M.clone()
     out = M
     if G_inv is not None:
-        out = G_inv.to(M.dtype) @ out
+        out = (G_inv if G_inv.dtype == M.dtype else G_inv.to(M.dtype)) @ out
     if A_inv is not None:
-        out = out @ A_inv.to(M.dtype)
+        out = out @ (A_inv if A_inv.dtype == M.dtype else A_inv.to(M.dtype))
     return out
 
 

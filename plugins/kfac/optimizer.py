@@ -235,7 +235,7 @@ class KFAC(CurvatureOptimizer):
             self.skip_step("no Kronecker factors yet (the first step must compute them)")
             return
         if step % self.defaults["inverse_every"] == 0 or any(
-            "G_inv" not in blocks.get(b.name, ()) for b in self.blocks
+            b.factors[0] + "_inv" not in blocks.get(b.name, ()) for b in self.blocks
         ):
             inv = self.preconditioner.invert(blocks, self._damping())
             if inv is None:
