@@ -335,9 +335,7 @@ def ablate(
             the schema's ``grid``, else its ``choices``, else ``True/False``
             for booleans.
         hparams: Other fixed hyper-parameters.
-        steps, seconds, eval_every, seeds, target, device, dtype, threads,
-            small, data_dir, store, executor, jobs, progress, name: as in
-            :func:`compare`.
+        steps, seconds, eval_every, seeds, target, device, dtype, threads, small, data_dir, store, executor, jobs, progress, name: As in :func:`compare`.
 
     Returns:
         A :class:`Comparison` whose labels are ``"<optimizer> <hparam>=<value>"``

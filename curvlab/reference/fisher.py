@@ -7,25 +7,25 @@ Conventions. Write the reduced batch loss as
 with c the reduction factor and ℓ_n the per-sample loss summed over the
 sample's output entries:
 
-=======================  =====================================  ==================
-loss                     ℓ_n(f, y)                              c (mean / sum)
-=======================  =====================================  ==================
-``MSELoss``              Σ_k (f_k − y_k)²                       1/(N·K) / 1
-``CrossEntropyLoss``     −log softmax(f)_y (summed over extra   1/(N·d) / 1
+=======================  ==========================================  ==============
+loss                     ℓ_n(f, y)                                   c (mean / sum)
+=======================  ==========================================  ==============
+``MSELoss``              Σ_k (f_k − y_k)²                            1/(N·K) / 1
+``CrossEntropyLoss``     −log softmax(f)_y (summed over extra        1/(N·d) / 1
                          dims d; soft targets: −Σ_c y_c log p_c)
-``BCEWithLogitsLoss``    Σ_k −y_k log σ(f_k) − (1−y_k) log σ(−f_k)  1/(N·K) / 1
+``BCEWithLogitsLoss``    Σ_k −y_k log σ(f_k) − (1−y_k) log σ(−f_k)   1/(N·K) / 1
                          (y_k ∈ [0, 1], soft targets allowed)
-=======================  =====================================  ==================
+=======================  ==========================================  ==============
 
 Let g_n(y) = c ∇_θ ℓ_n(f_n, y) be the per-sample gradient of the *reduced*
 loss at target y. Then
 
 * **empirical** Fisher:  F_emp = (1/c) Σ_n g_n(y_n) g_n(y_n)ᵀ = c Σ_n ∇ℓ_n ∇ℓ_nᵀ;
-* **true** Fisher:       F = (1/c) Σ_n E_{ŷ ~ p(·|f_n)} [g_n(ŷ) g_n(ŷ)ᵀ],
+* **true** Fisher:       F = (1/c) Σ_n E_{ŷ ~ p(·∣f_n)} [g_n(ŷ) g_n(ŷ)ᵀ],
 
-where ℓ_n is read as a negative log-likelihood, −log p(y | f_n) + const:
+where ℓ_n is read as a negative log-likelihood, −log p(y ∣ f_n) + const:
 
-* MSE: p(·|f) = N(f, ½ I) (then ℓ = ‖f − y‖² + const). The gradient is
+* MSE: p(·∣f) = N(f, ½ I) (then ℓ = ‖f − y‖² + const). The gradient is
   affine in ŷ, so E[g gᵀ] = g(f) g(f)ᵀ + ½ Σ_k d_k d_kᵀ with
   d_k = g(f + e_k) − g(f), exact;
 * CE: ŷ ~ Categorical(softmax f_n): an exact sum over the C classes
