@@ -100,6 +100,7 @@ def test_docs_build_without_warnings_and_document_everything(tmp_path):
     """Full ``-W`` build (about a minute); CI runs the same through ``make docs``."""
     src = tmp_path / "docs"
     shutil.copytree(DOCS, src, ignore=shutil.ignore_patterns("_build", "generated"))
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")  # literalinclude'd
     out = tmp_path / "html"
     proc = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(src), str(out)],

@@ -42,3 +42,11 @@ def test_registered_by_entry_point():
     info = curvlab.info("SignSGD")
     assert info.cls.__module__ == "curvlab_signsgd"
     assert info.schema["lr"].default == 1e-3
+
+
+def test_docstring_examples():
+    import doctest
+
+    import curvlab_signsgd
+
+    assert doctest.testmod(curvlab_signsgd).failed == 0
