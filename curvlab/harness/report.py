@@ -118,18 +118,22 @@ def _plots(comp: Comparison, rows: list[dict[str, Any]], out: Path) -> list[Path
 
     curves = _mean_curves(comp)
     paths = []
-    for fname, idx, xlabel in (("loss_vs_step.png", 0, "step"),
-                               ("loss_vs_time.png", 1, "training time [s] (evaluation excluded)")):
+    styles = ("-", "--", ":", "-.")
+    for fname, idx, xlabel, what in (
+        ("loss_vs_step.png", 0, "step", "steps"),
+        ("loss_vs_time.png", 1, "training time [s] (evaluation excluded)", "time"),
+    ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for label, pts in curves.items():
+        for i, (label, pts) in enumerate(curves.items()):
             xs = [p[idx] for p in pts]
             ys = [p[2] if math.isfinite(p[2]) and p[2] > 0 else math.nan for p in pts]
-            ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
+            ax.plot(xs, ys, label=label, ls=styles[(i // 10) % 4], color=f"C{i % 10}",
+                    marker="." if len(xs) < 30 else None)
         ax.axhline(comp.target, color="gray", ls=":", lw=1, label=f"target {comp.target:g}")
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("full train loss")
-        ax.set_title(f"{comp.spec['problem']}: train loss vs {xlabel.split()[0]}")
+        ax.set_title(f"{comp.spec['problem']}: train loss vs {what} (mean over seeds)")
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(out / fname, dpi=110)
