@@ -72,8 +72,9 @@ def markdown_table(rows: list[dict[str, Any]], n_seeds: int) -> str:
                              if k.startswith("stat_") and k != "stat_steps")
         if r.get("errors"):
             counters = (counters + "; " if counters else "") + f"{r['errors']} error(s): {r.get('error', '')}"
+        all_diverged = r["runs"] > 0 and r["diverged"] == r["runs"]
         cells = [r["label"], r["hparams"] or "defaults",
-                 format_pm(r["final_loss"], r["final_loss_std"]),
+                 "diverged" if all_diverged else format_pm(r["final_loss"], r["final_loss_std"]),
                  format_pm(r["test_loss"], r["test_loss_std"]),
                  format_pm(r["test_acc"], r["test_acc_std"]),
                  f"{r['reached']}/{r['runs']}", _num(r["steps_to_target"]),

@@ -164,7 +164,9 @@ class Store:
             "SELECT kind, step, time, loss, test_loss, test_acc FROM curves WHERE key = ? "
             "ORDER BY kind, step", (key,)
         ).fetchall()
-        return [CurvePoint(*r) for r in rows]
+        # SQLite stores NaN as NULL: a NULL train loss is read back as NaN
+        return [CurvePoint(k, st, t, math.nan if loss is None else loss, tl, ta)
+                for k, st, t, loss, tl, ta in rows]
 
     def count_runs(self) -> dict[str, int]:
         """Number of runs per status."""

@@ -1,5 +1,6 @@
 """Results store: keys, resume after a kill (no lost / duplicate runs, equal results), tuning."""
 
+import math
 import os
 import signal
 import sqlite3
@@ -97,6 +98,19 @@ def test_half_done_run_is_redone_without_duplicate_curve(tmp_path):
     store.save(execute(cfg))  # ...and is redone
     assert len(store.curve(cfg.key())) == n
     assert store.count_runs() == {"done": 1}
+
+
+def test_nan_and_inf_survive_the_store():
+    from curvlab.harness.runner import CurvePoint, RunResult
+
+    store = Store(":memory:")
+    cfg = RunConfig("quadratic", "sgd", {"lr": 0.1}, seed=0, steps=2)
+    store.mark_running(cfg)
+    pts = [CurvePoint("batch", 1, 0.1, float("nan")), CurvePoint("eval", 1, 0.1, float("inf"))]
+    store.save(RunResult(cfg.key(), "done", "diverged", {"final_loss": float("inf")}, {}, pts))
+    back = store.result(cfg.key(), curve=True)
+    assert back.metrics["final_loss"] == float("inf")
+    assert math.isnan(back.curve[0].loss) and back.curve[1].loss == float("inf")
 
 
 @pytest.mark.parametrize(
