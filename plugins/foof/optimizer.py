@@ -28,6 +28,7 @@ A layer called several times per forward pass keeps the last call's statistics.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from curvlab.closure import call_closure
+from curvlab.curvature.kl_clip import inner_products
 from curvlab.curvature.kronecker import KroneckerBlock
 from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
 from curvlab.curvature.layers import find_layers
@@ -182,14 +184,14 @@ class FOOF(CurvatureOptimizer):
     @torch.no_grad()
     def _update(self, closure, loss) -> None:
         estimates, self._pending = self._pending or {}, None
-        blocks = dict(self.curv_state["blocks"])
+        blocks = self.curv_state["blocks"]
         step = self.curv_state["step"]
         if estimates:
             new = self.preconditioner.accumulate(blocks, estimates, self.defaults["ema_decay"])
             if new is None:
                 self.skip_step("non-finite input statistics")
                 return
-            blocks.update(new)
+            blocks = {**blocks, **new}
         missing = [b.name for b in self.blocks if b.name not in blocks]
         if missing:
             raise ValueError(
@@ -204,12 +206,14 @@ class FOOF(CurvatureOptimizer):
             if inv is None:
                 self.skip_step("damped inverse failed or is not finite")
                 return
-            blocks.update(inv)
+            blocks = {**blocks, **inv}
         directions = {
             p: v for b in self.blocks
             for p, v in zip(b.params, self.preconditioner.directions(blocks, b))
         }
-        if not self.all_finite(directions.values()):
+        # one sync: a non-finite direction makes its inner product with the (finite) gradient non-finite
+        if not all(map(math.isfinite, inner_products(list(directions.values()),
+                                                     [p.grad for p in directions]))):
             self.skip_step("non-finite preconditioned gradient")
             return
         self.curv_state["blocks"] = blocks

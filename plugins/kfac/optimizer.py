@@ -28,6 +28,16 @@ the closure call of a factor step (:mod:`curvlab_plugins.kfac.hooks`); the
 closure must use exactly these two objects. Other steps run the plain
 model: a step between factor/inverse updates costs an SGD step plus two
 small matrix products per layer.
+
+Schedule defaults :math:`T_f = 5`, :math:`T_i = 50` (those of common
+PyTorch K-FAC code). Measured trade-off (digits MLP 64-128-64-10, batch
+128, lr 0.1, 1 thread; training loss after 100 steps, SGD-momentum 0.049):
+:math:`(T_f, T_i) = (1, 10)`: 0.004, about 6× an SGD step;
+:math:`(5, 50)`: 0.012, about 2.5×; :math:`(10, 50)`: 0.008, about 1.9×;
+:math:`(10, 100)`: 0.065 (the first inverse, from one batch, is used too
+long). A factor step (BackPACK's extra backward pass, its hooks and per-module
+Python work) costs about 10 SGD steps on this tiny MLP and about 3.5 on the
+digits CNN, so :math:`T_f` sets the amortised cost.
 """
 
 from __future__ import annotations
@@ -119,8 +129,8 @@ class KFAC(CurvatureOptimizer):
                    low=1),
             HParam("ema_decay", float, 0.95, "decay of the bias-corrected factor EMAs", low=0.0,
                    high=1.0, high_open=True),
-            HParam("factor_every", int, 1, "update the factors every T_f steps", low=1),
-            HParam("inverse_every", int, 10, "recompute the damped inverses every T_i steps",
+            HParam("factor_every", int, 5, "update the factors every T_f steps", low=1),
+            HParam("inverse_every", int, 50, "recompute the damped inverses every T_i steps",
                    low=1),
             HParam("momentum", float, 0.9, "heavy-ball coefficient μ", low=0.0, high=1.0,
                    high_open=True),

@@ -173,7 +173,7 @@ def test_nan_factors_skip_step_and_keep_state():
     model = nn.Sequential(nn.Linear(3, 2))
     loss_fn = nn.CrossEntropyLoss()
     x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
-    opt = curvlab.create("kfac", model, loss_fn)
+    opt = curvlab.create("kfac", model, loss_fn, factor_every=1)
     opt.step(curvlab.closure(model, loss_fn, x, y))
     params, state = [p.detach().clone() for p in model.parameters()], copy.deepcopy(opt.curv_state)
     evaluate = opt._evaluate
@@ -237,3 +237,47 @@ def test_digits_mlp_kfac_beats_sgd():
         kfac = train("kfac", 100, lr=0.1)
         sgd = train("sgd", 100, lr=0.1, momentum=0.9)
     assert kfac < sgd, (kfac, sgd)
+
+
+def test_backpack_hooks_only_during_factor_passes():
+    """No BackPACK hooks or stored inputs stay on the model; factors follow factor_every."""
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    opt = curvlab.create("kfac", model, loss_fn, factor_every=2, inverse_every=4)
+    for _ in range(5):
+        opt.step(curvlab.closure(model, loss_fn, x, y))
+        for m in [*model.modules(), loss_fn]:
+            assert not m._forward_hooks and not m._backward_hooks
+            assert not hasattr(m, "input0") and not hasattr(m, "output")
+    assert opt.curv_state["blocks"]["0.weight"]["count"] == 3  # steps 0, 2, 4
+
+
+def test_user_extended_model_gives_same_factors():
+    from backpack import extend
+
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+    plain = factors_after_one_step(copy.deepcopy(model), nn.CrossEntropyLoss(), x, y)
+    extended = factors_after_one_step(extend(model), extend(nn.CrossEntropyLoss()), x, y)
+    for name, entry in plain.items():
+        for key in ("A", "G"):
+            if key in entry:
+                assert torch.equal(entry[key], extended[name][key]), (name, key)
+
+
+def test_non_finite_direction_skips_step():
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(3, 2))
+    loss_fn = nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    opt = curvlab.create("kfac", model, loss_fn, factor_every=10, inverse_every=10)
+    opt.step(curvlab.closure(model, loss_fn, x, y))
+    opt.curv_state["blocks"]["0.weight"]["A_inv"][0, 0] = math.inf
+    params, step = [p.detach().clone() for p in model.parameters()], opt.curv_state["step"]
+    with pytest.warns(NonFiniteStepWarning, match="non-finite preconditioned gradient"):
+        opt.step(curvlab.closure(model, loss_fn, x, y))
+    assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
+    assert opt.curv_state["step"] == step
