@@ -68,7 +68,7 @@ def main() -> None:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                     "rng": torch.get_rng_state(), "step": half}, path)
         del model, opt
-        ckpt = torch.load(path, weights_only=False)
+        ckpt = torch.load(path)  # weights_only: tensors, numbers, dicts suffice
     model, loss_fn, opt = build(args.optimizer)
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])  # includes all curvature state
