@@ -167,13 +167,20 @@ class KroneckerPreconditioner:
         invs = [e[k] for e in new.values() for k in ("A_inv", "G_inv") if k in e]
         return new if _finite(invs) else None
 
-    def directions(self, state: Mapping[str, Any], block: KroneckerBlock) -> list[Tensor]:
-        """Preconditioned gradients of ``block.params`` (:math:`G^{-1} M A^{-1}`, split back).
+    def matrices(self, state: Mapping[str, Any], block: KroneckerBlock) -> tuple[Tensor, Tensor]:
+        """``(M, V)``: the gradient's matrix view and :math:`V = G^{-1} M A^{-1}` (a new tensor).
 
         Raises:
             KeyError: the block has no inverses yet.
         """
         entry = state[block.name]
         M = block_matrix([p.grad for p in block.params])
-        V = kron_precondition(M, entry.get("G_inv"), entry.get("A_inv"))
-        return split_matrix(V, block.params)
+        return M, kron_precondition(M, entry.get("G_inv"), entry.get("A_inv"))
+
+    def directions(self, state: Mapping[str, Any], block: KroneckerBlock) -> list[Tensor]:
+        """Preconditioned gradients of ``block.params`` (:math:`G^{-1} M A^{-1}`, split back).
+
+        Raises:
+            KeyError: the block has no inverses yet.
+        """
+        return split_matrix(self.matrices(state, block)[1], block.params)

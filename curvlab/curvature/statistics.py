@@ -105,9 +105,11 @@ class InputStatistics:
 
     While :attr:`recording` is true, each forward pass of a layer (under
     autograd, i.e. not in ``torch.no_grad``) stores its :math:`A` in
-    :attr:`covariances` (the latest pass wins). Nothing is kept otherwise, so
-    the hooks cost nothing outside recording steps. Call :meth:`remove` to
-    detach the hooks.
+    :attr:`covariances` (the latest pass wins). The hooks are registered
+    only while recording (setting :attr:`recording` adds or removes them):
+    a module with forward hooks takes PyTorch's slower hook-dispatch path
+    on every call, so other passes run on the untouched layers. Call
+    :meth:`remove` to stop for good.
 
     Args:
         layers: ``{name: module}`` (``Linear`` / ``Conv2d``).
@@ -120,22 +122,39 @@ class InputStatistics:
         >>> _ = net(torch.randn(5, 2))
         >>> {k: tuple(v.shape) for k, v in rec.covariances.items()}
         {'0': (3, 3), '2': (4, 4)}
-        >>> rec.remove()
+        >>> rec.recording = False
+        >>> len(net[0]._forward_hooks)
+        0
     """
 
     def __init__(
         self, layers: Mapping[str, nn.Module], homogeneous: bool | Mapping[str, bool] = True
     ) -> None:
-        self.recording = False
         self.covariances: dict[str, Tensor] = {}
+        self._layers = {
+            name: (module, homogeneous if isinstance(homogeneous, bool) else homogeneous[name])
+            for name, module in layers.items()
+        }
         self._handles: list[RemovableHandle] = []
-        for name, module in layers.items():
-            hom = homogeneous if isinstance(homogeneous, bool) else homogeneous[name]
-            self._handles.append(module.register_forward_hook(self._hook(name, hom)))
+
+    @property
+    def recording(self) -> bool:
+        """Whether the hooks are installed (forward passes record :math:`A`)."""
+        return bool(self._handles)
+
+    @recording.setter
+    def recording(self, on: bool) -> None:
+        if on and not self._handles:
+            self._handles = [
+                module.register_forward_hook(self._hook(name, hom))
+                for name, (module, hom) in self._layers.items()
+            ]
+        elif not on:
+            self.remove()
 
     def _hook(self, name: str, homogeneous: bool):
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            if self.recording and torch.is_grad_enabled():
+            if torch.is_grad_enabled():
                 with torch.no_grad():
                     self.covariances[name] = input_covariance(
                         module, inputs[0].detach(), homogeneous=homogeneous
@@ -144,7 +163,7 @@ class InputStatistics:
         return hook
 
     def remove(self) -> None:
-        """Remove all hooks (idempotent)."""
+        """Remove all hooks (idempotent); :attr:`recording` becomes false."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from curvlab.closure import call_closure
 from curvlab.curvature.kl_clip import inner_products
-from curvlab.curvature.kronecker import KroneckerBlock
+from curvlab.curvature.kronecker import KroneckerBlock, split_matrix
 from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
 from curvlab.curvature.layers import find_layers
 from curvlab.curvature.momentum import momentum_step_
@@ -207,15 +207,15 @@ class FOOF(CurvatureOptimizer):
                 self.skip_step("damped inverse failed or is not finite")
                 return
             blocks = {**blocks, **inv}
-        directions = {
-            p: v for b in self.blocks
-            for p, v in zip(b.params, self.preconditioner.directions(blocks, b))
-        }
-        # one sync: a non-finite direction makes its inner product with the (finite) gradient non-finite
-        if not all(map(math.isfinite, inner_products(list(directions.values()),
-                                                     [p.grad for p in directions]))):
+        mats = [self.preconditioner.matrices(blocks, b) for b in self.blocks]
+        # one sync: a non-finite V makes its inner product with the (finite) gradient non-finite
+        if not all(map(math.isfinite, inner_products([V for _, V in mats], [M for M, _ in mats]))):
             self.skip_step("non-finite preconditioned gradient")
             return
+        directions = {
+            p: v for b, (_, V) in zip(self.blocks, mats)
+            for p, v in zip(b.params, split_matrix(V, b.params))
+        }
         self.curv_state["blocks"] = blocks
         self.curv_state["step"] = step + 1
         momentum_step_(self, directions)
