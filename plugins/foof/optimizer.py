@@ -23,6 +23,16 @@ inverse :math:`(\Sigma + \lambda I)^{-1}` is recomputed every
 ``inverse_every`` :math:`T` steps (:math:`\lambda` optionally relative to
 the mean eigenvalue :math:`\operatorname{tr}\Sigma/\dim\Sigma`). The step
 then uses SGD momentum and weight decay (:mod:`curvlab.curvature.momentum`).
+
+Defaults follow the paper's cheap schedule: :math:`T = 100` and
+:math:`\Sigma` recorded only in the :math:`S = 10` steps up to each
+inversion (the forward hooks are installed only for those passes), so 90 %
+of the steps cost an SGD step plus one product
+:math:`\nabla W (\Sigma+\lambda I)^{-1}` per layer. Measured on digits
+(batch 128, 1 thread; training loss of the digits MLP, lr 0.1, T = 100,
+SGD-momentum 0.021 after 150 steps): S = None (every step) 0.0007, S = 5
+0.0015, S = 10 0.0021 — all alike by step 200 (≈ 6e-5); step time vs SGD
+about 2.9× (MLP) / 1.4× (CNN) with S = None, 1.55× / 1.1–1.2× with S = 10.
 A layer called several times per forward pass keeps the last call's statistics.
 """
 
@@ -111,7 +121,7 @@ class FOOF(CurvatureOptimizer):
                    high=1.0, high_open=True),
             HParam("inverse_every", int, 100, "recompute (Σ + λI)⁻¹ every T steps (paper: 100)",
                    low=1),
-            HParam("stats_steps", int, None,
+            HParam("stats_steps", int, 10,
                    "update Σ only in the S steps up to each inversion (None: every step)",
                    low=1, optional=True),
             HParam("momentum", float, 0.9, "heavy-ball coefficient μ", low=0.0, high=1.0,

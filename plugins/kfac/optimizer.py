@@ -31,13 +31,14 @@ small matrix products per layer.
 
 Schedule defaults :math:`T_f = 5`, :math:`T_i = 50` (those of common
 PyTorch K-FAC code). Measured trade-off (digits MLP 64-128-64-10, batch
-128, lr 0.1, 1 thread; training loss after 100 steps, SGD-momentum 0.049):
-:math:`(T_f, T_i) = (1, 10)`: 0.004, about 6× an SGD step;
-:math:`(5, 50)`: 0.012, about 2.5×; :math:`(10, 50)`: 0.008, about 1.9×;
+128, lr 0.1, 1 thread; training loss after 100 steps, SGD-momentum 0.049;
+step time vs SGD on the digits MLP / CNN from ``benchmarks/step_time.py``):
+:math:`(T_f, T_i) = (1, 10)`: 0.004, 5.9× / 4.0×; :math:`(5, 50)`: 0.012,
+2.4–2.5× / 1.6–1.9×; :math:`(10, 50)`: 0.008, 2.25× / 1.4×;
 :math:`(10, 100)`: 0.065 (the first inverse, from one batch, is used too
-long). A factor step (BackPACK's extra backward pass, its hooks and per-module
-Python work) costs about 10 SGD steps on this tiny MLP and about 3.5 on the
-digits CNN, so :math:`T_f` sets the amortised cost.
+long). A factor step (BackPACK's extra backward pass, its hooks and
+per-module Python work) costs about 10 SGD steps on this tiny MLP and about
+3.5 on the digits CNN, so :math:`T_f` sets the amortised cost.
 """
 
 from __future__ import annotations
