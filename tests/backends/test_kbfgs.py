@@ -220,7 +220,13 @@ def _train_digits(name, steps, **hp):
 
 @pytest.mark.slow
 def test_digits_autoencoder_beats_adam():
-    """64-256-128-64-16 mirrored AE, batch 256, 1000 steps; Adam lr 3e-3 (best of its grid)."""
+    """64-256-128-64-16 mirrored AE, batch 256, 1000 steps, K-BFGS defaults (lr 0.3, λ 0.3).
+
+    Adam lr 3e-3 is the best Adam step size of the spec's prototype grid. Loss:
+    BCE-with-logits summed over the 64 pixels, averaged over the batch. Measured
+    (2026-11, CPU): Adam 15.92, K-BFGS 14.89, K-BFGS(L) 14.85; Powell fired on
+    19 %, LM on 85 % of the 8000 pairs, none skipped.
+    """
     steps = 1000
     adam, _ = _train_digits("adam", steps, lr=3e-3)
     kb, o1 = _train_digits("kbfgs", steps)
