@@ -159,6 +159,11 @@ def _common(problem: str, *, steps: int | None, seconds: float | None, eval_ever
     check_executor(executor, jobs)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but torch sees no CUDA device")
     prob = load_problem(problem, small=small, data_dir=data_dir)
     prob.load_data()  # fail early (missing files) and fill in a computed optimum
     RunConfig(prob.name, "sgd", {}, 0, steps, seconds, eval_every, device, dtype, threads)
