@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p = sub.add_parser("compare", help="compare optimizers on a problem", formatter_class=fmt,
                        epilog=EXAMPLES)
-    p.add_argument("--optimizers", default="all", help="comma-separated names or 'all' (default)")
+    p.add_argument("--optimizers", nargs="+", default=["all"],
+                   help="names (space- or comma-separated) or 'all' (default)")
     p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=False,
                    help="grid-search each optimizer's schema grid first (default off)")
     p.add_argument("--select", default="loss", choices=("loss", "time"),
@@ -211,7 +212,7 @@ def _finish(comp: Any, report: str | None) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from curvlab.harness.compare import compare, resolve_optimizers
 
-    names = resolve_optimizers(args.optimizers)
+    names = resolve_optimizers(",".join(args.optimizers))
     hps = _typed(_hp_pairs(args.hp))
     comp = compare(args.problem, names, tune=args.tune, select=args.select, hparams=hps,
                    **_common_kwargs(args))
