@@ -231,8 +231,10 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         if not self.all_finite(self._grads()):
             self.skip_step("non-finite gradient")
             return loss
+        skipped_before = self.stats["skipped_steps"]
         self._update(closure, loss)
-        self.stats["steps"] += 1
+        if self.stats["skipped_steps"] == skipped_before:  # _update may skip too
+            self.stats["steps"] += 1
         return loss
 
     # ------------------------------------------------------------ persistence
