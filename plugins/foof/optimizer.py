@@ -112,9 +112,9 @@ class FOOF(CurvatureOptimizer):
     name = "foof"
     schema = Schema(
         [
-            HParam("lr", float, 0.01, "step size α", low=0.0, grid=(0.3, 0.1, 0.03, 0.01, 0.003)),
+            HParam("lr", float, 0.01, "step size α", low=0.0, grid=(0.3, 0.1, 0.03, 0.01)),
             HParam("damping", float, 0.1, "Tikhonov damping λ added to Σ", low=0.0,
-                   low_open=True, grid=(1.0, 0.3, 0.1, 0.03, 0.01)),
+                   low_open=True, grid=(1.0, 0.1, 0.01)),
             HParam("relative_damping", bool, False,
                    "λ relative to the mean eigenvalue tr Σ / dim Σ"),
             HParam("ema_decay", float, 0.95, "decay m of the bias-corrected EMA of Σ", low=0.0,

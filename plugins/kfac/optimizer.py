@@ -118,9 +118,9 @@ class KFAC(CurvatureOptimizer):
     name = "kfac"
     schema = Schema(
         [
-            HParam("lr", float, 0.01, "step size α", low=0.0, grid=(0.3, 0.1, 0.03, 0.01, 0.003)),
+            HParam("lr", float, 0.01, "step size α", low=0.0, grid=(0.3, 0.1, 0.03, 0.01)),
             HParam("damping", float, 0.03, "Tikhonov damping λ of the Kronecker blocks", low=0.0,
-                   low_open=True, grid=(0.3, 0.1, 0.03, 0.01, 0.003)),
+                   low_open=True, grid=(0.1, 0.03, 0.01)),
             HParam("damping_heuristic", str, "pi", "split of λ between A and G",
                    choices=("pi", "equal")),
             HParam("fisher_type", str, "mc",
