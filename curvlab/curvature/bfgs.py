@@ -14,7 +14,17 @@ symmetric and satisfies the secant equation :math:`H_+ y = s`. It keeps
 
 Expanded with :math:`u = H y` (one matrix-vector product, no matrix-matrix
 product): :math:`H_+ = H - \rho (s u^\top + u s^\top) + (\rho^2\, y^\top u +
-\rho)\, s s^\top`.
+\rho)\, s s^\top`. With :math:`V = [s; y; u]` (rows) this is
+:math:`H_+ = H + V^\top C V` for the symmetric :math:`3 \times 3`
+
+.. math::
+
+    C = \begin{pmatrix} \rho(\rho\, y^\top u + 1) & 0 & -\rho \\
+        0 & 0 & 0 \\ -\rho & 0 & 0 \end{pmatrix},
+
+which depends only on the Gram matrix :math:`V V^\top`
+(:func:`bfgs_gram_coefficients`): many blocks' scalar algebra can then run
+as one batched computation, and each block's update is one ``addmm``.
 
 The update is *guarded*: when :math:`s^\top y` is not safely positive (zero
 pair, negative curvature, values so small or large that :math:`\rho` or
@@ -29,7 +39,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["bfgs_inverse_update", "safe_curvature"]
+__all__ = ["bfgs_gram_coefficients", "bfgs_inverse_update", "safe_curvature"]
 
 
 def safe_curvature(s: Tensor, y: Tensor, *, rtol: float | None = None) -> Tensor:
@@ -118,3 +128,51 @@ def bfgs_inverse_update(
     # one reduction instead of an elementwise isfinite on the whole matrix
     ok = ok & torch.isfinite(cand.sum())
     return torch.where(ok, cand, H), ok
+
+
+def bfgs_gram_coefficients(G: Tensor, *, rtol: float | None = None) -> tuple[Tensor, Tensor]:
+    r"""The :math:`C` of :math:`H_+ = H + V^\top C V` from the Gram matrix of :math:`V = [s; y; Hy]`.
+
+    ``G`` holds :math:`V V^\top` (entries :math:`s^\top s, s^\top y, \dots`),
+    optionally batched over leading dimensions (one Gram matrix per block).
+    The pair is accepted where :math:`s^\top y > \text{rtol}\,\sqrt{s^\top
+    s}\sqrt{y^\top y}` with every quantity finite (as :func:`safe_curvature`,
+    ``rtol`` defaults to the dtype's machine epsilon); rejected blocks get
+    :math:`C = 0`, so :math:`H + V^\top C V = H` exactly when :math:`V` is
+    finite. No device synchronisation.
+
+    Args:
+        G: Gram matrices, shape ``(..., 3, 3)``.
+        rtol: Smallest accepted cosine between ``s`` and ``y``.
+
+    Returns:
+        ``(C, ok)``: ``C`` of shape ``(..., 3, 3)`` and the bool acceptance
+        flags of shape ``(...)``.
+
+    Raises:
+        ValueError: ``G`` is not ``(..., 3, 3)``.
+
+    Example:
+        >>> H = torch.eye(2, dtype=torch.float64)
+        >>> s, y = torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor(
+        ...     [3.0, 1.0], dtype=torch.float64)
+        >>> V = torch.stack([s, y, H @ y])
+        >>> C, ok = bfgs_gram_coefficients(V @ V.T)
+        >>> H1 = H + V.T @ C @ V
+        >>> bool(ok), torch.allclose(H1 @ y, s), torch.allclose(H1, bfgs_inverse_update(H, s, y)[0])
+        (True, True, True)
+    """
+    if G.shape[-2:] != (3, 3):
+        raise ValueError(f"bfgs_gram_coefficients needs G of shape (..., 3, 3); got {tuple(G.shape)}")
+    eps = torch.finfo(G.dtype).eps if rtol is None else rtol
+    ss, sy, yy, yu = G[..., 0, 0], G[..., 0, 1], G[..., 1, 1], G[..., 1, 2]
+    bound = eps * ss.sqrt() * yy.sqrt()
+    ok = (sy > bound) & torch.isfinite(sy) & torch.isfinite(bound)
+    rho = torch.where(ok, 1.0 / torch.where(ok, sy, torch.ones_like(sy)), torch.zeros_like(sy))
+    ok = ok & torch.isfinite(rho)
+    rho = torch.where(ok, rho, torch.zeros_like(rho))
+    # rho * (rho yᵀu + 1), not rho² yᵀu + rho: rho² underflows to subnormals in float32
+    coef = torch.where(ok, rho * (rho * yu + 1.0), torch.zeros_like(rho))
+    zero = torch.zeros_like(rho)
+    C = torch.stack([coef, zero, -rho, zero, zero, zero, -rho, zero, zero], dim=-1)
+    return C.reshape(*G.shape[:-2], 3, 3), ok

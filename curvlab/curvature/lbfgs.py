@@ -39,7 +39,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["LBFGSMemory", "compact_apply", "two_loop"]
+__all__ = ["LBFGSMemory", "compact_apply", "compact_factors", "two_loop"]
 
 
 def two_loop(S: Tensor, Y: Tensor, v: Tensor, gamma: float = 1.0) -> Tensor:
@@ -91,7 +91,39 @@ def two_loop(S: Tensor, Y: Tensor, v: Tensor, gamma: float = 1.0) -> Tensor:
     return r
 
 
-def compact_apply(S: Tensor, Y: Tensor, v: Tensor, gamma: float = 1.0) -> Tensor:
+def compact_factors(S: Tensor, Y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The :math:`k \times k` parts of the compact form, in float64: :math:`(R, \operatorname{diag} D, Y Y^\top)`.
+
+    They depend on the memory only, so a caller that applies the same memory
+    to several vectors (or matrices) computes them once and passes them to
+    :func:`compact_apply`.
+
+    Args:
+        S: Steps, shape ``(k, d)``, oldest first.
+        Y: Gradient changes, shape ``(k, d)``.
+
+    Returns:
+        ``(R, diag, YY)``: :math:`R = \operatorname{triu}(S Y^\top)` ``(k, k)``,
+        its diagonal ``(k,)`` and :math:`Y Y^\top` ``(k, k)``, all float64.
+
+    Example:
+        >>> S = torch.tensor([[1.0, 0.0]])
+        >>> R, diag, YY = compact_factors(S, 2 * S)
+        >>> R.tolist(), diag.tolist(), YY.dtype
+        ([[2.0]], [2.0], torch.float64)
+    """
+    S64, Y64 = S.double(), Y.double()
+    SY = S64 @ Y64.T
+    return SY.triu(), SY.diagonal(), Y64 @ Y64.T
+
+
+def compact_apply(
+    S: Tensor,
+    Y: Tensor,
+    v: Tensor,
+    gamma: float = 1.0,
+    factors: tuple[Tensor, Tensor, Tensor] | None = None,
+) -> Tensor:
     r"""The L-BFGS matrix applied to ``v`` through the compact representation.
 
     Equal to :func:`two_loop` in exact arithmetic (see the module docstring
@@ -103,6 +135,7 @@ def compact_apply(S: Tensor, Y: Tensor, v: Tensor, gamma: float = 1.0) -> Tensor
         Y: Gradient changes, shape ``(k, d)``, with :math:`s_i^\top y_i > 0`.
         v: Vector ``(d,)`` or matrix ``(d, c)``.
         gamma: Initial scaling :math:`H_0 = \gamma I`.
+        factors: :func:`compact_factors` of ``(S, Y)`` if already computed.
 
     Returns:
         :math:`H_k v`, same shape and dtype as ``v``.
@@ -124,14 +157,12 @@ def compact_apply(S: Tensor, Y: Tensor, v: Tensor, gamma: float = 1.0) -> Tensor
         )
     if S.shape[0] == 0:
         return gamma * v
+    R, diag, YY = compact_factors(S, Y) if factors is None else factors
     V = v[:, None] if v.dim() == 1 else v
-    S64, Y64 = S.double(), Y.double()
-    SY = S64 @ Y64.T
-    R = SY.triu()
     a = (S @ V).double()
     b = (Y @ V).double()
     w = torch.linalg.solve_triangular(R, a, upper=True)
-    inner = SY.diagonal()[:, None] * w + gamma * ((Y64 @ Y64.T) @ w) - gamma * b
+    inner = diag[:, None] * w + gamma * (YY @ w) - gamma * b
     z = torch.linalg.solve_triangular(R.T, inner, upper=False)
     out = gamma * V + S.T @ z.to(V.dtype) - gamma * (Y.T @ w.to(V.dtype))
     return out[:, 0] if v.dim() == 1 else out

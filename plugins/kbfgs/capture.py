@@ -4,8 +4,9 @@ For a layer :math:`h = W a` (bias folded in through the homogeneous input
 :math:`a = (x, 1)`) and a batch of :math:`N` rows (leading dimensions are
 flattened, so a sequence model's positions count as rows):
 
-* ``A``: :math:`\frac1N \sum_n a_n a_n^\top` (only when inputs are recorded),
-* ``a_mean``: :math:`\bar a = \frac1N \sum_n a_n` (last entry 1 with a bias),
+* ``x``: the layer inputs as an ``(N, in)`` matrix (only when inputs are
+  recorded; the optimizer forms :math:`\frac1N \sum_n a_n a_n^\top` from it,
+  fused with its moving average),
 * ``h_mean``: :math:`\bar h = \frac1N \sum_n h_n`,
 * ``g_mean``: :math:`\bar g = \frac1N \sum_n \partial \ell_n / \partial h_n`,
   the mean per-example gradient of the *summed* loss
@@ -49,8 +50,8 @@ class PreactivationCapture:
         >>> with cap.recording(inputs=True):
         ...     lin(x).mean().backward()
         >>> rec = cap.records["0"]
-        >>> rec["a_mean"].tolist(), rec["A"].shape, rec["g_mean"].shape
-        ([1.0, 1.0, 1.0], torch.Size([3, 3]), torch.Size([3]))
+        >>> rec["x"].shape, rec["h_mean"].shape, rec["g_mean"].shape
+        (torch.Size([4, 2]), torch.Size([3]), torch.Size([3]))
         >>> cap.remove()
     """
 
@@ -87,11 +88,7 @@ class PreactivationCapture:
             h2 = h.detach().reshape(-1, h.shape[-1])
             rec["h_mean"] = h2.mean(0)
             if self._inputs:
-                x2 = x.detach().reshape(-1, x.shape[-1])
-                if getattr(module, "bias", None) is not None:
-                    x2 = torch.cat([x2, x2.new_ones(x2.shape[0], 1)], dim=1)
-                rec["a_mean"] = x2.mean(0)
-                rec["A"] = (x2.T @ x2) / x2.shape[0]
+                rec["x"] = x.detach().reshape(-1, x.shape[-1])
         if h.requires_grad:
             self.outputs[name] = h
             rows = h2.shape[0]
@@ -107,10 +104,10 @@ class PreactivationCapture:
         """Record the layers during the block (clears earlier records).
 
         Args:
-            inputs: Also record ``A`` and ``a_mean`` (first evaluation of a step).
+            inputs: Also record the inputs ``x`` (first evaluation of a step).
 
         Yields:
-            The records dict, ``{layer: {"h_mean", "g_mean", ["A", "a_mean"]}}``.
+            The records dict, ``{layer: {"h_mean", "g_mean", ["x"]}}``.
             During the block, :attr:`outputs` holds the layer outputs (with
             their graph) so that ``torch.autograd.grad(loss, outputs)`` can
             fill in ``g_mean`` without computing weight gradients.

@@ -48,15 +48,17 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curvlab.closure import call_closure
-from curvlab.curvature.bfgs import bfgs_inverse_update, safe_curvature
-from curvlab.curvature.double_damping import double_damping
+from curvlab.curvature.bfgs import bfgs_gram_coefficients
+from curvlab.curvature.double_damping import DampedPair, double_damping, double_damping_blocks
 from curvlab.curvature.layers import find_layers
-from curvlab.curvature.lbfgs import LBFGSMemory
+from curvlab.curvature.lbfgs import LBFGSMemory, compact_apply, compact_factors
 from curvlab.hparams import HParam, Schema
 from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
+from curvlab_plugins.kbfgs.blocks import Blocks
 from curvlab_plugins.kbfgs.capture import PreactivationCapture
 
 __all__ = ["KBFGS", "KBFGSL"]
@@ -82,11 +84,6 @@ _COMMON = [
 ]
 
 
-def _layer_matrix(weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``[W | b]`` of shape ``(out, in + 1)`` (or ``W`` without bias)."""
-    return weight if bias is None else torch.cat([weight, bias[:, None]], dim=1)
-
-
 def _accepts_backward(closure: Callable[..., Tensor]) -> bool:
     """Whether the closure takes the contract's ``backward=`` keyword (or ``**kwargs``)."""
     try:
@@ -96,9 +93,21 @@ def _accepts_backward(closure: Callable[..., Tensor]) -> bool:
     return any(p.name == "backward" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def _sums_finite(tensors: list[Tensor]) -> bool:
-    """True when every tensor is finite (a sum is NaN/Inf iff an entry is, or it overflows)."""
-    return not tensors or bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all())
+def _max_abs(tensors: list[Tensor]) -> Tensor:
+    """``(len(tensors),)`` max-abs of each tensor (NaN where one has a NaN), one fused call."""
+    return torch.stack(torch._foreach_norm(tensors, math.inf))
+
+
+def _bfgs_blocks(Hs: list[Tensor], Vs: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    r"""Guarded BFGS updates of several matrices, scalar algebra batched over them.
+
+    ``Vs[b]`` is :math:`[s; y; H_b y]` (``(3, d_b)``, finite); returns the
+    candidates :math:`H_b + V_b^\top C_b V_b` (``H_b`` itself, exactly, where
+    the pair is rejected) and the ``(n,)`` acceptance flags. Overflow in a
+    candidate is left for the caller's finiteness check.
+    """
+    C, ok = bfgs_gram_coefficients(torch.stack([V @ V.T for V in Vs]))
+    return [torch.addmm(H, V.T, c @ V) for H, V, c in zip(Hs, Vs, C.unbind(0))], ok
 
 
 class _KBFGSBase(CurvatureOptimizer):
@@ -110,12 +119,22 @@ class _KBFGSBase(CurvatureOptimizer):
     def _hg_init(self, dim: int, like: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def _hg_apply(self, entry: dict[str, Tensor], v: Tensor, group: dict[str, Any]) -> Tensor:
+    def _hg_prepare(self, entry: dict[str, Tensor], group: dict[str, Any]) -> Any:
+        """Whatever :meth:`_hg_apply` needs for this step (computed once per step)."""
         raise NotImplementedError
 
-    def _hg_update(
-        self, entry: dict[str, Tensor], s: Tensor, y: Tensor, group: dict[str, Any]
-    ) -> tuple[dict[str, Tensor], Tensor]:
+    def _hg_apply(self, prepared: Any, v: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _hg_candidates(
+        self, prepared: list[Any], s: list[Tensor], y: list[Tensor], blocks: Blocks,
+        s_flat: Tensor, y_flat: Tensor,
+    ) -> tuple[list[Any], Tensor, list[Tensor]]:
+        """Candidates for the damped pairs: (per-layer candidates, ok flags (n,), tensors to check)."""
+        raise NotImplementedError
+
+    def _hg_commit(self, entry: dict[str, Tensor], candidate: Any, s: Tensor, y: Tensor,
+                   group: dict[str, Any]) -> dict[str, Tensor]:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ setup
@@ -136,6 +155,7 @@ class _KBFGSBase(CurvatureOptimizer):
         loss_is_sum = getattr(self.loss_fn, "reduction", None) == "sum"
         self._capture = PreactivationCapture(self._layers, loss_is_sum=loss_is_sum, who=self.name)
         self._first: dict[str, dict[str, Tensor]] = {}
+        self._blocks: dict[tuple[str, ...], Blocks] = {}
 
     def _evaluate(self, closure: Callable[..., Tensor]) -> Tensor:
         with self._capture.recording(inputs=True) as records:
@@ -143,83 +163,122 @@ class _KBFGSBase(CurvatureOptimizer):
         self._first = records
         return loss
 
+    def _blocks_for(self, names: list[str], like: Tensor) -> Blocks:
+        """The (cached) concatenation layout of the layers' output widths."""
+        key = tuple(names)
+        if key not in self._blocks:
+            dims = [self._layers[n].weight.shape[0] for n in names]
+            self._blocks[key] = Blocks(dims, device=like.device)
+        return self._blocks[key]
+
     # ------------------------------------------------------------------- step
+    def _momenta(self, names: list[str]) -> dict[Tensor, Tensor]:
+        r"""New gradient momenta :math:`\mu M + (1-\mu)(g + w\,p)` (foreach, per hparam set)."""
+        by_key: dict[tuple[float, float], list[Tensor]] = {}
+        for name in names:
+            mod = self._layers[name]
+            group = self._group_of[id(mod.weight)]
+            for p in (mod.weight, mod.bias):
+                if p is not None:
+                    g = self._group_of.get(id(p), group)
+                    by_key.setdefault((g["momentum"], g["weight_decay"]), []).append(p)
+        new: dict[Tensor, Tensor] = {}
+        for (mu, wd), ps in by_key.items():
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
+            if wd != 0:
+                grads = torch._foreach_add(grads, ps, alpha=wd)
+            bufs = [self.state[p].get("momentum_buffer") for p in ps]
+            if all(b is None for b in bufs):
+                ms = torch._foreach_mul(grads, 1 - mu)
+            else:
+                bufs = [torch.zeros_like(p) if b is None else b for p, b in zip(ps, bufs)]
+                ms = torch._foreach_mul(bufs, mu)
+                torch._foreach_add_(ms, grads, alpha=1 - mu)
+            new.update(zip(ps, ms))
+        return new
+
     @torch.no_grad()
     def _update(self, closure: Callable[..., Tensor] | None, loss: Tensor | None) -> None:
         assert closure is not None  # meta.requires_closure
         first, self._first = self._first, {}
-        new_curv: dict[str, dict[str, Tensor]] = {}
-        new_mom: dict[Tensor, Tensor] = {}
-        directions: list[tuple[nn.Module, Tensor]] = []
-        for name, mod in self._layers.items():
-            rec = first.get(name, {})
-            if mod.weight.grad is None or "g_mean" not in rec:
-                continue
+        names = [
+            n for n, m in self._layers.items()
+            if m.weight.grad is not None and "g_mean" in first.get(n, {})
+        ]
+        if not names:
+            return
+        new_mom = self._momenta(names)
+        entries: dict[str, dict[str, Tensor]] = {}
+        upd_names, upd_H, upd_V = [], [], []
+        for name in names:
+            mod = self._layers[name]
             group = self._group_of[id(mod.weight)]
-            entry = self._input_side(name, rec, mod.weight, group)
-            M = []
-            for p in (mod.weight, mod.bias):
-                if p is None:
-                    continue
-                g = self._group_of.get(id(p), group)
-                grad = p.grad if p.grad is not None else torch.zeros_like(p)
-                if g["weight_decay"] != 0:
-                    grad = grad.add(p, alpha=g["weight_decay"])
-                buf = self.state[p].get("momentum_buffer")
-                mu = g["momentum"]
-                m = grad * (1 - mu) if buf is None else buf * mu + grad * (1 - mu)
-                new_mom[p] = m
-                M.append(m)
-            Mat = _layer_matrix(M[0], M[1] if len(M) > 1 else None)
-            P = self._hg_apply(entry, Mat, group) @ entry["H_a"]
-            new_curv[name] = entry
-            directions.append((mod, P))
-        # new A and H_a, and P (which involves H_g and the momenta); one sync for all layers
-        checks = [e[k] for e in new_curv.values() for k in ("A", "H_a")]
-        checks += [P for _, P in directions]
-        if not _sums_finite(checks):
+            x = first[name]["x"]
+            X = F.pad(x, (0, 1), value=1.0) if mod.bias is not None else x
+            old = self.curv_state.get(name)
+            if old is None:
+                entries[name] = self._first_entry(X, mod.weight, group)
+                continue
+            # A ← βA + (1-β) XᵀX/N in one GEMM; Hessian-action pair s_a = H_a ā, y_a = (A + λ_A I) s_a
+            beta = group["stat_decay"]
+            A = torch.addmm(old["A"], X.T, X, beta=beta, alpha=(1 - beta) / X.shape[0])
+            H_a = old["H_a"]
+            s_a = H_a @ X.mean(0)
+            y_a = torch.addmv(s_a, A, s_a, beta=math.sqrt(group["damping"]))
+            entries[name] = {**old, "A": A}
+            upd_names.append(name)
+            upd_H.append(H_a)
+            upd_V.append(torch.stack([s_a, y_a, H_a @ y_a]))
+        if upd_names:
+            new_H, _ = _bfgs_blocks(upd_H, upd_V)
+            for name, H in zip(upd_names, new_H):
+                entries[name]["H_a"] = H
+        prepared, directions = {}, []
+        for name in names:
+            mod, entry = self._layers[name], entries[name]
+            group = self._group_of[id(mod.weight)]
+            mW = new_mom[mod.weight]
+            Mat = mW if mod.bias is None else torch.cat([mW, new_mom[mod.bias][:, None]], dim=1)
+            prepared[name] = self._hg_prepare(entry, group)
+            directions.append(self._hg_apply(prepared[name], Mat @ entry["H_a"]))
+        # new A and H_a (overflow included), and P: one sync for all layers
+        checks = [t for e in entries.values() for t in (e["A"], e["H_a"])] + directions
+        if not bool(torch.isfinite(_max_abs(checks)).all()):
             self.skip_step("non-finite K-BFGS curvature or direction")
             return
         # commit phase 1
         for p, m in new_mom.items():
             self.state[p]["momentum_buffer"] = m
-        self.curv_state.update(new_curv)
-        for mod, P in directions:
+        self.curv_state.update(entries)
+        by_lr: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
+        for name, P in zip(names, directions):
+            mod = self._layers[name]
             cols = mod.weight.shape[1]
-            mod.weight.sub_(P[:, :cols] * self._group_of[id(mod.weight)]["lr"])
-            if mod.bias is not None and id(mod.bias) in self._group_of:
-                mod.bias.sub_(P[:, cols] * self._group_of[id(mod.bias)]["lr"])
-        self._pre_activation_pairs(closure, first, list(new_curv))
+            for p, d in ((mod.weight, P[:, :cols]), (mod.bias, P[:, cols] if P.shape[1] > cols else None)):
+                if p is not None and d is not None and id(p) in self._group_of:
+                    ps, ds = by_lr.setdefault(self._group_of[id(p)]["lr"], ([], []))
+                    ps.append(p)
+                    ds.append(d)
+        for lr, (ps, ds) in by_lr.items():
+            torch._foreach_add_(ps, ds, alpha=-lr)
+        self._pre_activation_pairs(closure, first, names, prepared)
 
-    def _input_side(
-        self, name: str, rec: dict[str, Tensor], weight: Tensor, group: dict[str, Any]
-    ) -> dict[str, Tensor]:
-        """New state entry with A (EMA) and H_a (explicit inverse once, then Hessian-action BFGS)."""
-        lam_a = math.sqrt(group["damping"])
-        old = self.curv_state.get(name)
-        if old is None:
-            A = rec["A"]
-            eye = torch.eye(A.shape[0], dtype=torch.float64, device=A.device)
-            L, info = torch.linalg.cholesky_ex(A.double() + lam_a * eye)
-            H_a = torch.cholesky_inverse(L) if int(info) == 0 else torch.full_like(eye, math.nan)
-            H_a = ((H_a + H_a.T) / 2).to(A.dtype)
-            d_out = weight.shape[0]
-            zeros = torch.zeros(d_out, dtype=weight.dtype, device=weight.device)
-            return {"A": A, "H_a": H_a, "s": zeros, "y": zeros.clone(),
-                    **self._hg_init(d_out, weight, group)}
-        entry = dict(old)
-        beta = group["stat_decay"]
-        A = old["A"] * beta + rec["A"] * (1 - beta)
-        s_a = old["H_a"] @ rec["a_mean"]
-        y_a = A @ s_a + lam_a * s_a
-        entry["A"] = A
-        entry["H_a"], _ = bfgs_inverse_update(old["H_a"], s_a, y_a)
-        return entry
+    def _first_entry(self, X: Tensor, weight: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+        """State of a layer's first step: A from the batch, H_a = (A + λ_A I)⁻¹ explicitly, H_g = I."""
+        A = (X.T @ X).div_(X.shape[0])
+        eye = torch.eye(A.shape[0], dtype=torch.float64, device=A.device)
+        L, info = torch.linalg.cholesky_ex(A.double() + math.sqrt(group["damping"]) * eye)
+        H_a = torch.cholesky_inverse(L) if int(info) == 0 else torch.full_like(eye, math.nan)
+        H_a = ((H_a + H_a.T) / 2).to(A.dtype)
+        d_out = weight.shape[0]
+        zeros = torch.zeros(d_out, dtype=weight.dtype, device=weight.device)
+        return {"A": A, "H_a": H_a, "s": zeros, "y": zeros.clone(), **self._hg_init(d_out, weight, group)}
 
     def _pre_activation_pairs(
-        self, closure: Callable[..., Tensor], first: dict[str, dict[str, Tensor]], names: list[str]
+        self, closure: Callable[..., Tensor], first: dict[str, dict[str, Tensor]], names: list[str],
+        prepared: dict[str, Any],
     ) -> None:
-        """Second evaluation at θ⁺ on the same batch, then the damped H_g updates."""
+        """Second evaluation at θ⁺ on the same batch, then the damped H_g updates (one sync)."""
         with self._capture.recording(inputs=False) as second, torch.enable_grad():
             if _accepts_backward(closure):
                 # only ∂L/∂h is needed: skip the weight gradients and leave .grad alone
@@ -229,34 +288,62 @@ class _KBFGSBase(CurvatureOptimizer):
                     torch.autograd.grad(loss, outs, allow_unused=True)
             else:
                 call_closure(closure, who=self.name)
-        flags = []
-        for name in names:
-            r0, r1 = first[name], second.get(name, {})
-            if "g_mean" not in r1:
-                flags.append(torch.tensor([False, False, True]))
-                continue
-            group = self._group_of[id(self._layers[name].weight)]
-            entry = self.curv_state[name]
-            s_new, y_new = r1["h_mean"] - r0["h_mean"], r1["g_mean"] - r0["g_mean"]
-            fresh = torch.isfinite(s_new).all() & torch.isfinite(y_new).all()
-            c = group["sy_momentum"]
-            s = torch.where(fresh, entry["s"] * c + s_new * (1 - c), entry["s"])
-            y = torch.where(fresh, entry["y"] * c + y_new * (1 - c), entry["y"])
-            pair = double_damping(
-                s, y, self._hg_apply(entry, y, group), mu1=group["mu1"],
-                mu2=math.sqrt(group["damping"]),
-            )
-            ps, py = pair.s, pair.y
-            hg, applied = self._hg_update(entry, ps, py, group)
-            applied = applied & pair.valid & fresh
-            self.curv_state[name] = {**entry, "s": s, "y": y, **hg}
-            flags.append(torch.stack([pair.powell, pair.lm, ~applied]).cpu())
-        if flags:
-            powell, lm, skipped = torch.stack(flags).sum(0).tolist()
-            self.count("pairs", len(flags))
-            self.count("powell_damped", powell)
-            self.count("lm_damped", lm)
-            self.count("skipped_pairs", skipped)
+        pair_names = [n for n in names if "g_mean" in second.get(n, {})]
+        missing = len(names) - len(pair_names)
+        counts = [0, 0, missing]
+        if pair_names:
+            counts = [c + v for c, v in zip(counts, self._damped_updates(first, second, pair_names,
+                                                                          prepared))]
+        self.count("pairs", len(names))
+        self.count("powell_damped", counts[0])
+        self.count("lm_damped", counts[1])
+        self.count("skipped_pairs", counts[2])
+
+    def _damped_updates(
+        self, first: dict[str, dict[str, Tensor]], second: dict[str, dict[str, Tensor]],
+        names: list[str], prepared: dict[str, Any],
+    ) -> list[int]:
+        """Smoothed pairs, double damping and H_g candidates for all layers at once; commit."""
+        entries = [self.curv_state[n] for n in names]
+        groups = [self._group_of[id(self._layers[n].weight)] for n in names]
+        blocks = self._blocks_for(names, entries[0]["s"])
+        cat = torch.cat
+        s_new = cat([second[n]["h_mean"] for n in names]) - cat([first[n]["h_mean"] for n in names])
+        y_new = cat([second[n]["g_mean"] for n in names]) - cat([first[n]["g_mean"] for n in names])
+        s_old, y_old = cat([e["s"] for e in entries]), cat([e["y"] for e in entries])
+        # a layer's new pair is used only if finite (a sum is non-finite iff an entry is, or overflow)
+        fresh = torch.isfinite(blocks.dots([(s_new + y_new, torch.ones_like(s_new))])[:, 0])
+        fresh_e = blocks.expand(fresh)
+        cs = {g["sy_momentum"] for g in groups}
+        c = cs.pop() if len(cs) == 1 else blocks.expand(
+            torch.tensor([g["sy_momentum"] for g in groups], dtype=s_old.dtype, device=s_old.device))
+        s = torch.where(fresh_e, s_old * c + s_new * (1 - c), s_old)
+        y = torch.where(fresh_e, y_old * c + y_new * (1 - c), y_old)
+        s_parts, y_parts = blocks.split(s), blocks.split(y)
+        prep = [prepared[n] for n in names]
+        Hy = cat([self._hg_apply(pr, yb) for pr, yb in zip(prep, y_parts)])
+        mus = {(g["mu1"], g["damping"]) for g in groups}
+        if len(mus) == 1:
+            mu1, lam = mus.pop()
+            pair = double_damping_blocks(s, y, Hy, blocks.index, blocks.n, mu1=mu1,
+                                         mu2=math.sqrt(lam))
+        else:  # per-group damping thresholds: damp layer by layer
+            ps = [double_damping(sb, yb, hb, mu1=g["mu1"], mu2=math.sqrt(g["damping"]))
+                  for sb, yb, hb, g in zip(s_parts, y_parts, blocks.split(Hy), groups)]
+            pair = DampedPair(*(cat([p[i].reshape(-1) for p in ps]) for i in range(5)))
+        cands, ok, checks = self._hg_candidates(
+            prep, blocks.split(pair.s), blocks.split(pair.y), blocks, pair.s, pair.y)
+        applied = ok & pair.valid & fresh
+        if checks:
+            applied = applied & torch.isfinite(_max_abs(checks))
+        flags = torch.stack([pair.powell, pair.lm, applied]).tolist()
+        st_parts, yt_parts = blocks.split(pair.s), blocks.split(pair.y)
+        for i, (name, entry, group) in enumerate(zip(names, entries, groups)):
+            new = {**entry, "s": s_parts[i], "y": y_parts[i]}
+            if flags[2][i]:
+                new.update(self._hg_commit(entry, cands[i], st_parts[i], yt_parts[i], group))
+            self.curv_state[name] = new
+        return [sum(flags[0]), sum(flags[1]), len(names) - sum(flags[2])]
 
 
 class KBFGS(_KBFGSBase):
@@ -295,14 +382,23 @@ class KBFGS(_KBFGSBase):
     def _hg_init(self, dim: int, like: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"H_g": torch.eye(dim, dtype=like.dtype, device=like.device)}
 
-    def _hg_apply(self, entry: dict[str, Tensor], v: Tensor, group: dict[str, Any]) -> Tensor:
-        return entry["H_g"] @ v
+    def _hg_prepare(self, entry: dict[str, Tensor], group: dict[str, Any]) -> Tensor:
+        return entry["H_g"]
 
-    def _hg_update(
-        self, entry: dict[str, Tensor], s: Tensor, y: Tensor, group: dict[str, Any]
-    ) -> tuple[dict[str, Tensor], Tensor]:
-        H, applied = bfgs_inverse_update(entry["H_g"], s, y)
-        return {"H_g": H}, applied
+    def _hg_apply(self, prepared: Tensor, v: Tensor) -> Tensor:
+        return prepared @ v
+
+    def _hg_candidates(
+        self, prepared: list[Tensor], s: list[Tensor], y: list[Tensor], blocks: Blocks,
+        s_flat: Tensor, y_flat: Tensor,
+    ) -> tuple[list[Tensor], Tensor, list[Tensor]]:
+        Vs = [torch.stack([sb, yb, H @ yb]) for H, sb, yb in zip(prepared, s, y)]
+        new_H, ok = _bfgs_blocks(prepared, Vs)
+        return new_H, ok, new_H
+
+    def _hg_commit(self, entry: dict[str, Tensor], candidate: Tensor, s: Tensor, y: Tensor,
+                   group: dict[str, Any]) -> dict[str, Tensor]:
+        return {"H_g": candidate}
 
 
 class KBFGSL(_KBFGSBase):
@@ -336,20 +432,29 @@ class KBFGSL(_KBFGSBase):
         tags=("quasi-newton", "kronecker", "limited-memory"),
     )
 
-    def _memory(self, entry: dict[str, Tensor], group: dict[str, Any]) -> LBFGSMemory:
-        return LBFGSMemory.from_state(entry, size=group["memory"])
-
     def _hg_init(self, dim: int, like: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return LBFGSMemory(dim, group["memory"], dtype=like.dtype, device=like.device).state_dict()
 
-    def _hg_apply(self, entry: dict[str, Tensor], v: Tensor, group: dict[str, Any]) -> Tensor:
-        return self._memory(entry, group).apply(v)
+    def _hg_prepare(self, entry: dict[str, Tensor], group: dict[str, Any]) -> Any:
+        S, Y = entry["S"][-group["memory"]:], entry["Y"][-group["memory"]:]
+        return S, Y, (compact_factors(S, Y) if S.shape[0] else None)
 
-    def _hg_update(
-        self, entry: dict[str, Tensor], s: Tensor, y: Tensor, group: dict[str, Any]
-    ) -> tuple[dict[str, Tensor], Tensor]:
-        mem = self._memory(entry, group)
-        applied = safe_curvature(s, y)
-        if bool(applied):
-            mem.push(s, y)
-        return mem.state_dict(), applied
+    def _hg_apply(self, prepared: Any, v: Tensor) -> Tensor:
+        S, Y, factors = prepared
+        return compact_apply(S, Y, v, factors=factors) if factors is not None else v
+
+    def _hg_candidates(
+        self, prepared: list[Any], s: list[Tensor], y: list[Tensor], blocks: Blocks,
+        s_flat: Tensor, y_flat: Tensor,
+    ) -> tuple[list[Any], Tensor, list[Tensor]]:
+        # the pushed pair must pass the BFGS safety test (cosine of s̃, ỹ above machine epsilon)
+        ss, sy, yy = blocks.dots([(s_flat, s_flat), (s_flat, y_flat), (y_flat, y_flat)]).unbind(1)
+        bound = torch.finfo(s_flat.dtype).eps * ss.sqrt() * yy.sqrt()
+        ok = (sy > bound) & torch.isfinite(sy) & torch.isfinite(bound) & torch.isfinite(1.0 / sy)
+        return [None] * len(s), ok, []
+
+    def _hg_commit(self, entry: dict[str, Tensor], candidate: Any, s: Tensor, y: Tensor,
+                   group: dict[str, Any]) -> dict[str, Tensor]:
+        mem = LBFGSMemory.from_state(entry, size=group["memory"])
+        mem.push(s, y)
+        return mem.state_dict()
