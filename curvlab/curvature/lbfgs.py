@@ -91,30 +91,33 @@ def two_loop(S: Tensor, Y: Tensor, v: Tensor, gamma: float = 1.0) -> Tensor:
     return r
 
 
-def compact_factors(S: Tensor, Y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    r"""The :math:`k \times k` parts of the compact form, in float64: :math:`(R, \operatorname{diag} D, Y Y^\top)`.
+def compact_factors(S: Tensor, Y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    r"""The parts of the compact form that depend on the memory only.
 
-    They depend on the memory only, so a caller that applies the same memory
-    to several vectors (or matrices) computes them once and passes them to
-    :func:`compact_apply`.
+    A caller that applies the same memory to several vectors (or matrices)
+    computes them once and passes them to :func:`compact_apply`.
 
     Args:
         S: Steps, shape ``(k, d)``, oldest first.
         Y: Gradient changes, shape ``(k, d)``.
 
     Returns:
-        ``(R, diag, YY)``: :math:`R = \operatorname{triu}(S Y^\top)` ``(k, k)``,
-        its diagonal ``(k,)`` and :math:`Y Y^\top` ``(k, k)``, all float64.
+        ``(R, diag, YY, SY)``: :math:`R = \operatorname{triu}(S Y^\top)`
+        ``(k, k)``, its diagonal ``(k,)`` and :math:`Y Y^\top` ``(k, k)``, all
+        float64, and the rows of ``S`` and ``Y`` stacked, ``(2k, d)``.
 
     Example:
         >>> S = torch.tensor([[1.0, 0.0]])
-        >>> R, diag, YY = compact_factors(S, 2 * S)
-        >>> R.tolist(), diag.tolist(), YY.dtype
-        ([[2.0]], [2.0], torch.float64)
+        >>> R, diag, YY, SY = compact_factors(S, 2 * S)
+        >>> R.tolist(), diag.tolist(), YY.dtype, SY.shape
+        ([[2.0]], [2.0], torch.float64, torch.Size([2, 2]))
     """
-    S64, Y64 = S.double(), Y.double()
-    SY = S64 @ Y64.T
-    return SY.triu(), SY.diagonal(), Y64 @ Y64.T
+    SY = torch.cat([S, Y])
+    k = S.shape[0]
+    SY64 = SY.double()
+    G = SY64 @ SY64[k:].T
+    SYt = G[:k]
+    return SYt.triu(), SYt.diagonal(), G[k:], SY
 
 
 def compact_apply(
@@ -122,13 +125,14 @@ def compact_apply(
     Y: Tensor,
     v: Tensor,
     gamma: float = 1.0,
-    factors: tuple[Tensor, Tensor, Tensor] | None = None,
+    factors: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
     r"""The L-BFGS matrix applied to ``v`` through the compact representation.
 
     Equal to :func:`two_loop` in exact arithmetic (see the module docstring
-    for the formula); the :math:`k \times k` triangular solves run in float64
-    and the result is returned in ``v``'s dtype.
+    for the formula, written here as :math:`H v = \gamma v + [S; Y]^\top [z;
+    -\gamma w]`); the :math:`k \times k` triangular solves run in float64 and
+    the result is returned in ``v``'s dtype.
 
     Args:
         S: Steps, shape ``(k, d)``, oldest first.
@@ -155,16 +159,21 @@ def compact_apply(
             f"compact_apply needs S, Y of shape (k, d) and v of shape (d,) or (d, c); got "
             f"{tuple(S.shape)}, {tuple(Y.shape)}, {tuple(v.shape)}"
         )
-    if S.shape[0] == 0:
+    k = S.shape[0]
+    if k == 0:
         return gamma * v
-    R, diag, YY = compact_factors(S, Y) if factors is None else factors
+    R, diag, YY, SY = compact_factors(S, Y) if factors is None else factors
     V = v[:, None] if v.dim() == 1 else v
-    a = (S @ V).double()
-    b = (Y @ V).double()
+    ab = (SY @ V).double()
+    a, b = ab[:k], ab[k:]
     w = torch.linalg.solve_triangular(R, a, upper=True)
-    inner = diag[:, None] * w + gamma * (YY @ w) - gamma * b
+    if gamma == 1.0:
+        inner = torch.addmm(diag[:, None] * w - b, YY, w)
+    else:
+        inner = torch.addmm(diag[:, None] * w - gamma * b, YY, w, alpha=gamma)
     z = torch.linalg.solve_triangular(R.T, inner, upper=False)
-    out = gamma * V + S.T @ z.to(V.dtype) - gamma * (Y.T @ w.to(V.dtype))
+    zw = torch.cat([z, w.neg_() if gamma == 1.0 else w.mul_(-gamma)]).to(V.dtype)
+    out = torch.addmm(V, SY.T, zw, beta=gamma)
     return out[:, 0] if v.dim() == 1 else out
 
 
