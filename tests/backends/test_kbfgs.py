@@ -162,6 +162,33 @@ def test_no_bias_layers_work():
     assert opt.curv_state["0"]["H_a"].shape == (5, 5)
 
 
+def test_param_groups_with_their_own_damping_and_momentum():
+    """Per-group λ, μ₁, s/y momentum (layer-by-layer damping path): each layer uses its own."""
+    from curvlab.curvature.double_damping import double_damping
+
+    x, y = _data()
+    hp = {"0": {"damping": 0.1, "sy_momentum": 0.5, "mu1": 0.2},
+          "2": {"damping": 0.5, "sy_momentum": 0.9, "mu1": 0.3}}
+    model = _mlp(5)
+    params = [{"params": list(model[int(k)].parameters()), **v} for k, v in hp.items()]
+    opt = curvlab.create("kbfgs", model, nn.MSELoss(), params=params)
+    ref_model = _mlp(5)  # step 1 of layer 0 depends on layer 0's own hparams only
+    ref = curvlab.create("kbfgs", ref_model, nn.MSELoss(), damping=0.1, sy_momentum=0.9)
+    ref.step(curvlab.closure(ref_model, nn.MSELoss(), x, y))
+    for step in range(4):
+        H_prev = {k: v["H_g"].clone() for k, v in opt.curv_state.items()}
+        opt.step(curvlab.closure(model, nn.MSELoss(), x, y))
+        if step == 0:  # s = (1 - c) s_new with c = 0.5 here, 0.9 in the reference run
+            assert torch.allclose(opt.curv_state["0"]["s"], 5 * ref.curv_state["0"]["s"],
+                                  rtol=1e-10, atol=1e-14)
+        for k, st in opt.curv_state.items():
+            H0 = H_prev.get(k, torch.eye(st["H_g"].shape[0], dtype=F64))
+            pair = double_damping(st["s"], st["y"], H0 @ st["y"], mu1=hp[k]["mu1"],
+                                  mu2=math.sqrt(hp[k]["damping"]))
+            assert bool(pair.valid)
+            assert torch.allclose(st["H_g"] @ pair.y, pair.s, rtol=1e-9, atol=1e-12)
+
+
 UNSUPPORTED = [
     pytest.param(nn.Sequential(nn.Conv2d(1, 2, 3)), "Conv2d at model.0", id="conv2d"),
     pytest.param(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)), "LayerNorm at model.1", id="norm"),

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from curvlab.curvature.bfgs import bfgs_inverse_update, safe_curvature
+from curvlab.curvature.bfgs import bfgs_gram_coefficients, bfgs_inverse_update, safe_curvature
 
 F64 = torch.float64
 
@@ -100,3 +100,37 @@ def test_hessian_action_bfgs_converges_to_damped_inverse(d):
 def test_shape_mismatch_raises():
     with pytest.raises(ValueError, match="bfgs_inverse_update needs H"):
         bfgs_inverse_update(torch.eye(3), torch.ones(2), torch.ones(2))
+
+
+@pytest.mark.parametrize(("d", "dtype", "tol"), CASES)
+def test_gram_coefficients_reproduce_the_update(d, dtype, tol):
+    """H + VᵀCV with C from the Gram matrix of V = [s; y; Hy] is the BFGS update (batched)."""
+    g = torch.Generator().manual_seed(d)
+    Hs, Vs, refs = [], [], []
+    for _ in range(3):
+        X = torch.randn(d, d, generator=g, dtype=F64)
+        H = (X @ X.T / d + torch.eye(d, dtype=F64)).to(dtype)
+        s = torch.randn(d, generator=g, dtype=F64).to(dtype)
+        y = s + 0.1 * torch.randn(d, generator=g, dtype=F64).to(dtype)
+        Hs.append(H)
+        Vs.append(torch.stack([s, y, H @ y]))
+        refs.append(bfgs_inverse_update(H, s, y)[0])
+    C, ok = bfgs_gram_coefficients(torch.stack([V @ V.T for V in Vs]))
+    assert ok.tolist() == [True] * 3
+    for H, V, c, ref in zip(Hs, Vs, C, refs):
+        assert torch.allclose(H + V.T @ c @ V, ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(("s", "y"), [p for p in SKIPS if p.id not in ("nan-s", "inf-y")])
+def test_gram_coefficients_reject_unsafe_pairs_with_zero_C(s, y):
+    """Rejected (finite) pairs: C = 0, so H + VᵀCV is H exactly."""
+    H = torch.eye(2, dtype=s.dtype)
+    V = torch.stack([s, y, H @ y])
+    C, ok = bfgs_gram_coefficients(V @ V.T)
+    assert not bool(ok) and torch.equal(C, torch.zeros_like(C))
+    assert torch.equal(torch.addmm(H, V.T, C @ V), H)
+
+
+def test_gram_coefficients_shape_check():
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3, 3\)"):
+        bfgs_gram_coefficients(torch.zeros(2, 2))

@@ -8,7 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from curvlab.curvature.bfgs import bfgs_inverse_update
-from curvlab.curvature.double_damping import double_damping, lm_damping, powell_damping
+from curvlab.curvature.double_damping import (
+    double_damping,
+    double_damping_blocks,
+    lm_damping,
+    powell_damping,
+)
 
 F64 = torch.float64
 
@@ -145,3 +150,53 @@ def test_reasonable_nonzero_pairs_are_always_usable_in_float64(s, y):
     assert bool(pair.valid)
     _, applied = bfgs_inverse_update(torch.eye(4, dtype=F64), pair.s, pair.y)
     assert bool(applied)
+
+
+def _blocks_case(dims, seed):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(sum(dims), generator=g, dtype=F64)
+    y = torch.randn(sum(dims), generator=g, dtype=F64)
+    Hy = 0.5 * y + 0.1 * torch.randn(sum(dims), generator=g, dtype=F64)
+    return s, y, Hy
+
+
+BLOCK_CASES = [
+    pytest.param([3], 0, id="one-block"),
+    pytest.param([4, 1, 6], 1, id="three-blocks"),
+    pytest.param([2, 5, 3, 7, 1], 2, id="five-blocks"),
+]
+
+
+@pytest.mark.parametrize(("dims", "seed"), BLOCK_CASES)
+def test_blocks_equal_damping_each_block(dims, seed):
+    s, y, Hy = _blocks_case(dims, seed)
+    s[: dims[0]] = 0.0  # a zero step: Powell fires with s̃ = Hy
+    index = torch.repeat_interleave(torch.arange(len(dims)), torch.tensor(dims))
+    got = double_damping_blocks(s, y, Hy, index, len(dims), mu1=0.2, mu2=0.4)
+    for b, (sb, yb, hb) in enumerate(zip(*(v.split(dims) for v in (s, y, Hy)))):
+        ref = double_damping(sb, yb, hb, mu1=0.2, mu2=0.4)
+        sl = slice(sum(dims[:b]), sum(dims[: b + 1]))
+        assert torch.allclose(got.s[sl], ref.s, rtol=1e-12, atol=1e-14)
+        assert torch.allclose(got.y[sl], ref.y, rtol=1e-12, atol=1e-14)
+        for field in ("powell", "lm", "valid"):
+            assert bool(getattr(got, field)[b]) == bool(getattr(ref, field))
+
+
+def test_blocks_guard_zero_and_non_finite_blocks():
+    """A zero block and a NaN block come out invalid and zero; the others are untouched."""
+    dims = [2, 2, 2]
+    s, y, Hy = _blocks_case(dims, 3)
+    s[:2], y[:2], Hy[:2] = 0.0, 0.0, 0.0
+    s[2] = math.nan
+    index = torch.repeat_interleave(torch.arange(3), torch.tensor(dims))
+    got = double_damping_blocks(s, y, Hy, index, 3, mu2=0.5)
+    assert got.valid.tolist() == [False, False, True]
+    assert torch.equal(got.s[:4], torch.zeros(4, dtype=F64))
+    assert bool(torch.isfinite(got.s).all() and torch.isfinite(got.y).all())
+    assert bool(got.s[4:] @ got.y[4:] >= 0.5 * (got.s[4:] @ got.s[4:]) - 1e-12)
+
+
+def test_blocks_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="one shape"):
+        double_damping_blocks(torch.zeros(3), torch.zeros(3), torch.zeros(3), torch.zeros(2,
+                              dtype=torch.long), 1, mu2=0.5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from curvlab.curvature.bfgs import bfgs_inverse_update
-from curvlab.curvature.lbfgs import LBFGSMemory, compact_apply, two_loop
+from curvlab.curvature.lbfgs import LBFGSMemory, compact_apply, compact_factors, two_loop
 
 F64 = torch.float64
 
@@ -99,3 +99,13 @@ def test_invalid_memory_raises(dim, size, match):
 def test_shape_mismatch_raises(fn):
     with pytest.raises(ValueError, match=f"{fn.__name__} needs"):
         fn(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4))
+
+
+def test_precomputed_factors_give_the_same_product():
+    """compact_factors once, then several applications: equal to computing them each time."""
+    S, Y = _pairs(6, 9, seed=4)
+    factors = compact_factors(S, Y)
+    for v in (torch.randn(9, dtype=F64), torch.randn(9, 5, dtype=F64)):
+        assert torch.equal(compact_apply(S, Y, v, factors=factors), compact_apply(S, Y, v))
+        assert torch.allclose(compact_apply(S, Y, v, factors=factors), _dense(S, Y) @ v,
+                              rtol=1e-10, atol=1e-12)
