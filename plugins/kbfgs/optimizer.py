@@ -37,7 +37,16 @@ number of rows :math:`N`; a ``loss_fn`` with ``reduction="sum"`` is not
 scaled); see :mod:`curvlab_plugins.kbfgs.capture`. Counters in
 ``optimizer.stats``: ``pairs`` (pairs formed), ``powell_damped``,
 ``lm_damped``, ``skipped_pairs`` (pairs not used: zero, non-finite, or not
-safely positive after damping).
+safely positive after damping; then :math:`H_g` is left unchanged).
+
+Cost: the per-layer work is a few matrix products (the EMA of :math:`A` is
+one ``addmm``, :math:`P` two products); the small scalar algebra of all
+layers is batched (BFGS updates as :math:`H + V^\top C V` with :math:`C`
+from the Gram matrix of :math:`V = [s; y; Hy]`, double damping on the
+concatenated pre-activation vectors, see
+:mod:`curvlab_plugins.kbfgs.blocks`), and each phase syncs the device once:
+after the direction (a non-finite :math:`A`, :math:`H_a` or :math:`P`, overflow
+included, skips the whole step) and after the pair updates (for the counters).
 """
 
 from __future__ import annotations
