@@ -9,13 +9,12 @@ flattened, so a sequence model's positions count as rows):
   fused with its moving average),
 * ``h_mean``: :math:`\bar h = \frac1N \sum_n h_n`,
 * ``g_mean``: :math:`\bar g = \frac1N \sum_n \partial \ell_n / \partial h_n`,
-  the mean per-example gradient of the *summed* loss
-  :math:`\sum_n \ell_n`. The closure's loss is taken to be the batch mean
-  :math:`L = \frac1N \sum_n \ell_n` (curvlab's convention), so
-  :math:`\partial \ell_n / \partial h_n = N\, \partial L / \partial h_n` and
-  :math:`\bar g = \sum_n \partial L / \partial h_n`; with
-  ``loss_is_sum=True`` (``loss_fn.reduction == "sum"``) it is
-  :math:`\frac1N \sum_n \partial L / \partial h_n`.
+  the mean per-example gradient of the summed loss
+  :math:`\sum_n \ell_n`. With the closure's loss :math:`L` and
+  :math:`L_\text{paper} = \frac1N \sum_n \ell_n = c\,L`
+  (:mod:`curvlab_plugins.kbfgs.normalisation`; :attr:`PreactivationCapture.scale`
+  holds :math:`c`), :math:`\partial \ell_n / \partial h_n = N c\,
+  \partial L / \partial h_n` and so :math:`\bar g = c \sum_n \partial L / \partial h_n`.
 
 ``g_mean`` comes from a tensor hook on the layer output, so it is filled in
 during the closure's backward pass. Hooks are active only inside
@@ -40,7 +39,7 @@ class PreactivationCapture:
 
     Args:
         layers: ``{name: module}`` (from :func:`curvlab.curvature.layers.find_layers`).
-        loss_is_sum: The closure's loss is a sum over rows, not a mean.
+        scale: The factor :math:`c` above (set per evaluation by the optimizer).
         who: Optimizer name for error messages.
 
     Example:
@@ -56,10 +55,10 @@ class PreactivationCapture:
     """
 
     def __init__(
-        self, layers: Mapping[str, nn.Module], *, loss_is_sum: bool = False, who: str = "kbfgs"
+        self, layers: Mapping[str, nn.Module], *, scale: float = 1.0, who: str = "kbfgs"
     ) -> None:
         self.layers = dict(layers)
-        self.loss_is_sum = loss_is_sum
+        self.scale = scale
         self.who = who
         self.records: dict[str, dict[str, Tensor]] = {}
         self.outputs: dict[str, Tensor] = {}
@@ -91,11 +90,10 @@ class PreactivationCapture:
                 rec["x"] = x.detach().reshape(-1, x.shape[-1])
         if h.requires_grad:
             self.outputs[name] = h
-            rows = h2.shape[0]
 
             def grad_hook(g: Tensor) -> None:
                 g2 = g.detach().reshape(-1, g.shape[-1])
-                rec["g_mean"] = g2.sum(0) / rows if self.loss_is_sum else g2.sum(0)
+                rec["g_mean"] = g2.sum(0).mul_(self.scale)
 
             h.register_hook(grad_hook)
 

@@ -31,10 +31,13 @@ Kronecker product :math:`A \otimes G`, whose inverse is kept as
    update of :math:`H_g` (K-BFGS) or a push into the L-BFGS memory
    (K-BFGS(L), :math:`H_0 = I`). Unsafe pairs are skipped and counted.
 
-:math:`\bar g` is the mean per-example gradient of the *summed* loss (the
-closure's loss is taken as a batch mean and its gradient scaled by the
-number of rows :math:`N`; a ``loss_fn`` with ``reduction="sum"`` is not
-scaled); see :mod:`curvlab_plugins.kbfgs.capture`. Counters in
+Loss normalisation: the hyper-parameters refer to the paper's loss, the
+mean over examples of a per-example loss summed over outputs; gradients and
+:math:`\bar g` (the mean per-example gradient of the summed loss) are
+converted to it from the ``loss_fn``'s reduction and the model's output
+shape (:mod:`curvlab_plugins.kbfgs.normalisation`; e.g. ×64 for a
+``BCEWithLogitsLoss()`` with the default mean reduction on 64 pixels), so
+the paper's defaults mean the same whatever the reduction. Counters in
 ``optimizer.stats``: ``pairs`` (pairs formed), ``powell_damped``,
 ``lm_damped``, ``skipped_pairs`` (pairs not used: zero, non-finite, or not
 safely positive after damping; then :math:`H_g` is left unchanged).
@@ -69,6 +72,7 @@ from curvlab.hparams import HParam, Schema
 from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
 from curvlab_plugins.kbfgs.blocks import Blocks
 from curvlab_plugins.kbfgs.capture import PreactivationCapture
+from curvlab_plugins.kbfgs.normalisation import paper_loss_scale
 
 __all__ = ["KBFGS", "KBFGSL"]
 
@@ -164,15 +168,22 @@ class _KBFGSBase(CurvatureOptimizer):
                     )
         self._layers = {n: m for n, m in layers.items() if id(m.weight) in group_of}
         self._group_of = group_of
-        loss_is_sum = getattr(self.loss_fn, "reduction", None) == "sum"
-        self._capture = PreactivationCapture(self._layers, loss_is_sum=loss_is_sum, who=self.name)
+        self._capture = PreactivationCapture(self._layers, who=self.name)
+        self._grad_scale = 1.0
+        model.register_forward_hook(self._set_loss_scale)
         self._first: dict[str, dict[str, Tensor]] = {}
         self._blocks: dict[tuple[str, ...], Blocks] = {}
+
+    def _set_loss_scale(self, module: nn.Module, args: Any, output: Tensor) -> None:
+        """Model forward hook: the factor c to the paper's loss normalisation."""
+        if self._capture._active and isinstance(output, Tensor):
+            self._capture.scale = paper_loss_scale(self.loss_fn, output)
 
     def _evaluate(self, closure: Callable[..., Tensor]) -> Tensor:
         with self._capture.recording(inputs=True) as records:
             loss = call_closure(closure, who=self.name)
         self._first = records
+        self._grad_scale = self._capture.scale
         return loss
 
     def _blocks_for(self, names: list[str], like: Tensor) -> Blocks:
@@ -197,6 +208,8 @@ class _KBFGSBase(CurvatureOptimizer):
         new: dict[Tensor, Tensor] = {}
         for (mu, wd), ps in by_key.items():
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
+            if self._grad_scale != 1.0:  # to the paper's loss normalisation
+                grads = torch._foreach_mul(grads, self._grad_scale)
             if wd != 0:
                 grads = torch._foreach_add(grads, ps, alpha=wd)
             bufs = [self.state[p].get("momentum_buffer") for p in ps]

@@ -27,7 +27,10 @@ def _hom(x):
 
 @pytest.mark.parametrize("name", ["kbfgs", "kbfgsl"])
 def test_first_step_matches_closed_form(name):
-    """Step 1: H_g = I, H_a = (A + √λ I)⁻¹ from the batch, M = (1-μ)(∇ + wW)."""
+    """Step 1: H_g = I, H_a = (A + √λ I)⁻¹ from the batch, M = (1-μ)(c∇ + wW).
+
+    c = 3: MSELoss's mean over the 3 outputs is rescaled to the paper's sum over outputs.
+    """
     model, (x, y) = _mlp(), _data()
     loss_fn = nn.MSELoss()
     lr, lam, wd, mu = 0.3, 0.3, 1e-3, 0.9
@@ -44,7 +47,7 @@ def test_first_step_matches_closed_form(name):
         W, b, gW, gb = before[2 * i], before[2 * i + 1], grads[2 * i], grads[2 * i + 1]
         A = a.T @ a / a.shape[0]
         H_a = torch.linalg.inv(A + math.sqrt(lam) * torch.eye(A.shape[0], dtype=F64))
-        M = (1 - mu) * torch.cat([gW + wd * W, (gb + wd * b)[:, None]], 1)
+        M = (1 - mu) * torch.cat([3.0 * gW + wd * W, (3.0 * gb + wd * b)[:, None]], 1)
         new = torch.cat([W, b[:, None]], 1) - lr * M @ H_a
         got = torch.cat([params[2 * i], params[2 * i + 1][:, None]], 1).detach()
         assert torch.allclose(got, new, rtol=1e-10, atol=1e-12)
@@ -53,7 +56,10 @@ def test_first_step_matches_closed_form(name):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_pair_is_per_example_gradient_of_summed_loss(reduction):
-    """s = 0.1 (h̄⁺ − h̄), y = 0.1 (ḡ⁺ − ḡ), ḡ = mean over rows of ∂ℓ_n/∂h_n (one linear layer)."""
+    """s = 0.1 (h̄⁺ − h̄), y = 0.1 (ḡ⁺ − ḡ), ḡ = mean over rows of ∂ℓ_n/∂h_n (one linear layer).
+
+    ℓ_n is the paper's per-example loss, summed over outputs, whatever the reduction.
+    """
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 3)).to(F64)
     x, t = _data()
@@ -61,10 +67,9 @@ def test_pair_is_per_example_gradient_of_summed_loss(reduction):
 
     def stats():
         h = model(x).detach().requires_grad_(True)
-        per_example = ((h - t) ** 2).mean(1)  # ℓ_n of MSELoss(mean) = sum_n ℓ_n / n
+        per_example = ((h - t) ** 2).sum(1)  # ℓ_n summed over the 3 outputs
         (g,) = torch.autograd.grad(per_example.sum(), h)
-        scale = 1.0 if reduction == "mean" else 3.0  # sum-MSE: ℓ_n is 3× larger
-        return h.mean(0), scale * g.mean(0)
+        return h.mean(0), g.mean(0)
 
     h0, g0 = stats()
     opt = curvlab.create("kbfgs", model, loss_fn, sy_momentum=0.9)
@@ -72,8 +77,27 @@ def test_pair_is_per_example_gradient_of_summed_loss(reduction):
     h1, g1 = stats()
     st = opt.curv_state["0"]
     assert torch.allclose(st["s"], 0.1 * (h1 - h0), rtol=1e-10, atol=1e-14)
-    # with reduction="sum" the closure's loss IS the summed loss: ḡ = mean_n ∂L/∂h_n
     assert torch.allclose(st["y"], 0.1 * (g1 - g0), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["kbfgs", "kbfgsl"])
+def test_trajectory_does_not_depend_on_the_loss_reduction(name):
+    """MSELoss(mean), MSELoss(sum) and a hand-written paper-normalised loss give one trajectory."""
+    x, y = _data(32)
+
+    def paper_loss(out, target):  # mean over examples of the sum over outputs
+        return ((out - target) ** 2).sum(1).mean()
+
+    finals = []
+    for loss_fn in (nn.MSELoss(), nn.MSELoss(reduction="sum"), paper_loss):
+        model = _mlp(5)
+        opt = curvlab.create(name, model, loss_fn if isinstance(loss_fn, nn.Module) else None)
+        for k in range(8):
+            xb, yb = x[(k % 2) * 16:(k % 2 + 1) * 16], y[(k % 2) * 16:(k % 2 + 1) * 16]
+            opt.step(curvlab.closure(model, loss_fn, xb, yb))
+        finals.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    for other in finals[1:]:
+        assert torch.allclose(finals[0], other, rtol=1e-9, atol=1e-11)
 
 
 def test_lbfgs_variant_with_large_memory_equals_dense():
@@ -81,7 +105,7 @@ def test_lbfgs_variant_with_large_memory_equals_dense():
     runs = {}
     for name, extra in [("kbfgs", {}), ("kbfgsl", {"memory": 50})]:
         model = _mlp(3)
-        opt = curvlab.create(name, model, nn.MSELoss(), lr=0.3, damping=0.1, **extra)
+        opt = curvlab.create(name, model, nn.MSELoss(), lr=0.3, damping=1.0, **extra)
         for k in range(12):
             xb, yb = x[(k % 2) * 16:(k % 2 + 1) * 16], y[(k % 2) * 16:(k % 2 + 1) * 16]
             opt.step(curvlab.closure(model, nn.MSELoss(), xb, yb))
