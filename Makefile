@@ -1,11 +1,11 @@
 # README's two commands are `make install` and `make test`; CI (.ci/run) runs `make test`.
 PYTHON ?= python3
-PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check -c .ci/constraints.txt
 REPORT ?= curvlab-results
 
 .PHONY: install test lint pytest docs slow bench
 
-## Install everything (CPU torch pinned via constraints.txt) and run the main job.
+## Install everything (CPU torch pinned via .ci/constraints.txt) and run the main job.
 install:
 	$(PIP_INSTALL) -e ".[peers]"
 	$(PYTHON) -m curvlab.cli compare --problem digits-mlp --optimizers all --report $(REPORT)
