@@ -8,7 +8,7 @@ REPORT ?= curvlab-results
 ## Install everything (CPU torch pinned via .ci/constraints.txt) and run the main job.
 install:
 	$(PIP_INSTALL) -e ".[peers]"
-	$(PYTHON) -m curvlab.cli compare --problem digits-mlp --optimizers all --report $(REPORT)
+	$(PYTHON) -m curvlab.cli compare --problem digits-mlp --optimizers all --store $(REPORT)/results.sqlite --report $(REPORT)
 
 ## Install test dependencies, lint, run the test suite and build the docs (what CI runs).
 test:
