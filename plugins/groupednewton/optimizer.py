@@ -25,6 +25,32 @@ Algorithm (one call of ``step(closure)``; t counts the steps):
 
 Between recomputations η is reused with the current u.
 
+Safeguard (``safeguard``, on by default; adaptive cubic regularisation in
+the manner of Cartis, Gould & Toint's ARC): at a recomputation the step
+θ − lr·η·u is tried on the *current* batch (one extra forward pass,
+``closure(backward=False)``); if that loss is not below the loss at θ (or
+is not finite, or the decrease is below RHO_MIN = 0.1 times the cubic
+model's predicted decrease) the step is rejected, the regularisation is multiplied by
+10 (λ_eff = σ·λ_int, σ ← 10σ; order 2: η_new/σ), the EMA history of η
+is dropped and the step sizes are solved again, up to ``MAX_REJECTIONS`` times (counted in
+``stats["rejected_steps"]``). If every candidate fails, η = 0 until the next
+recomputation (``stats["safeguard_failures"]``). After a first-try
+acceptance σ ← max(1, σ/10), so λ_int stays the lower bound. σ lives in
+``curv_state["reg_scale"]``. Loss values and σ do not depend on the
+parametrisation, so the check keeps the affine invariance.
+
+Why: on a deep ReLU auto-encoder (digits 64-…-16-…-64, BCE) the first H̄
+along the momentum direction is strongly indefinite through the
+cross-layer blocks (Jacobi-scaled λ_min ≈ −135 against a unit diagonal)
+while the diagonal third derivatives, which alone regularise the cubic
+model, are tiny for the early layers (d_s/max d down to 4e-6: along a
+single ReLU layer the loss is curved only by the BCE). The model's
+minimiser then follows the negative-curvature direction up to
+r ≈ −λ_min(D⁻¹H̄D⁻¹)/c, i.e. η ≈ 1e10 (∝ 1/λ_int, so no λ_int in the grid
+helps), and the true loss rises to 1e33: the cross terms D_ijk that
+actually bend the loss are missing from the model. The check measures
+that mismatch and raises σ (≈ 1e6 there) until the step descends.
+
 Why ``clip_negative`` is on by default: a negative η_s is a step uphill
 along u_s; reused for a whole period along a changing momentum direction it
 is ascent on that subset. On a digits MLP the unclipped method diverged on
@@ -63,7 +89,13 @@ __all__ = ["GroupedNewton", "GroupedNewtonTensors"]
 
 #: Hyper-parameters that apply to all param groups at once (no per-group overrides).
 _GLOBAL = ("lambda_int", "order", "period", "eta_ema", "clip_negative", "direction",
-           "momentum", "dampening", "beta2", "partition", "full_third_order")
+           "momentum", "dampening", "beta2", "partition", "full_third_order", "safeguard")
+#: Factor by which the regularisation grows after a rejected step (and shrinks after a first-try acceptance).
+REG_GROWTH = 10.0
+#: Least ratio ρ = actual / predicted decrease for a step to be accepted.
+RHO_MIN = 0.1
+#: Rejections allowed per recomputation before η is set to 0 for the period.
+MAX_REJECTIONS = 12
 
 
 @dataclass(frozen=True)
@@ -79,6 +111,7 @@ class GroupedNewtonTensors:
         eta_raw: Solution of the step-size problem before clipping and EMA.
         eta: Step sizes in use (clipped, smoothed).
         step: Optimizer step at which the tensors were computed.
+        reg_scale: σ of the accepted solve (λ_eff = σ·λ_int; 1 without rejections).
 
     Example:
         >>> t = GroupedNewtonTensors(("w",), torch.ones(1), torch.ones(1, 1), None,
@@ -94,6 +127,7 @@ class GroupedNewtonTensors:
     eta_raw: Tensor
     eta: Tensor
     step: int
+    reg_scale: float = 1.0
 
 
 class GroupedNewton(CurvatureOptimizer):
@@ -143,6 +177,8 @@ class GroupedNewton(CurvatureOptimizer):
                    high_open=True),
             HParam("partition", str, "tensor", "how parameters are split into subsets",
                    choices=PARTITIONS),
+            HParam("safeguard", bool, True, "reject a recomputed step that raises the loss on "
+                   "the current batch; raise the regularisation ×10 and re-solve"),
             HParam("full_third_order", bool, False, "compute the full S×S×S tensor D for "
                    "inspection (S(S+1)/2 extra passes; the step uses its diagonal)"),
         ]
@@ -196,16 +232,88 @@ class GroupedNewton(CurvatureOptimizer):
         if t is None:
             return None
         return GroupedNewtonTensors(self._subset_names, t["gbar"], t["hbar"], t.get("d"),
-                                    t["eta_raw"], self.curv_state["eta"], t["step"])
+                                    t["eta_raw"], self.curv_state["eta"], t["step"],
+                                    float(t.get("reg_scale", 1.0)))
 
     # ------------------------------------------------------------------- step
-    def _solve(self, tensors) -> tuple[Tensor, bool]:
+    def _solve(self, tensors, sigma: float = 1.0) -> tuple[Tensor, bool]:
         hp = self.defaults
         if hp["order"] == 2:
             out = newton_step_sizes(tensors.hbar, tensors.gbar)
-        else:
-            out = cubic_step_sizes(tensors.hbar, tensors.gbar, tensors.d_diag, hp["lambda_int"])
+            return out.eta / sigma, out.ok
+        out = cubic_step_sizes(tensors.hbar, tensors.gbar, tensors.d_diag, sigma * hp["lambda_int"])
         return out.eta, out.ok
+
+    def _candidate(self, dirs: list[Tensor | None], eta: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """(p, p − lr·η_s·u_s) for every parameter that moves."""
+        out = []
+        with torch.no_grad():
+            for k, (p, d) in enumerate(zip(self._params, dirs)):
+                lr = self.param_groups[self._group_of[k]]["lr"]
+                step_size = float(eta[self._subset_of[k]])
+                if d is None or lr == 0 or step_size == 0.0:
+                    continue
+                # d · scalar (not alpha=) so that an overflow yields inf instead of raising
+                out.append((p, p - d * (lr * step_size)))
+        return out
+
+    def _predicted(self, tensors, eta: Tensor, lam: float) -> float:
+        r"""Model decrease ḡᵀe − ½eᵀH̄e − (λ/6)‖𝒟e‖³ at e_s = lr_s·η_s (order 2: no cubic term)."""
+        lr = torch.tensor([self.param_groups[self._group_of[idx[0]]]["lr"] if idx else 0.0
+                           for idx in self._subsets], dtype=torch.float64)
+        e = lr * eta.to(torch.float64)
+        pred = float(tensors.gbar @ e - 0.5 * e @ tensors.hbar @ e)
+        if tensors.d is not None:
+            pred -= lam / 6.0 * float(torch.linalg.vector_norm(tensors.d_diag.abs().pow(1 / 3) * e)) ** 3
+        return pred
+
+    def _descends(self, closure, new_params: list[tuple[Tensor, Tensor]], loss0: float,
+                  pred: float) -> bool:
+        """Whether the current-batch decrease at the candidate is ≥ ``RHO_MIN`` × the predicted one."""
+        if not new_params:
+            return True
+        if not (pred > 0 and self.all_finite(v for _, v in new_params)):
+            return False
+        with torch.no_grad():
+            old = [p.detach().clone() for p, _ in new_params]
+            for p, v in new_params:
+                p.copy_(v)
+        try:
+            trial = float(call_closure(closure, who=self.name, backward=False).detach())
+        finally:
+            with torch.no_grad():
+                for (p, _), o in zip(new_params, old):
+                    p.copy_(o)
+        return loss0 - trial >= RHO_MIN * pred
+
+    def _step_sizes(self, tensors, closure, dirs, loss0: float | None, counts: dict[str, int],
+                    updates: dict[str, Any]) -> tuple[Tensor, Tensor, float]:
+        """Solve, clip, smooth and (safeguard) accept; returns (η_raw, η, σ)."""
+        hp = self.defaults
+        cs = self.curv_state
+        sigma0 = float(cs.get("reg_scale", 1.0))
+        sigma = sigma0
+        old = cs.get("eta")
+        beta = hp["eta_ema"]
+        check = hp["safeguard"] and loss0 is not None and loss0 == loss0
+        for attempt in range(MAX_REJECTIONS + 1):
+            eta_raw, ok = self._solve(tensors, sigma)
+            counts["solve_failures"] = counts.get("solve_failures", 0) + int(not ok)
+            eta_new = eta_raw.clamp(min=0.0) if hp["clip_negative"] else eta_raw
+            eta = eta_new.clone() if old is None else beta * old + (1.0 - beta) * eta_new
+            if not check or self._descends(closure, self._candidate(dirs, eta), loss0,
+                                           self._predicted(tensors, eta, sigma * hp["lambda_int"])):
+                if check and attempt == 0:
+                    sigma = max(1.0, sigma / REG_GROWTH)
+                    updates["reg_scale"] = sigma
+                    return eta_raw, eta, sigma0
+                updates["reg_scale"] = sigma
+                return eta_raw, eta, sigma
+            counts["rejected_steps"] = counts.get("rejected_steps", 0) + 1
+            sigma *= REG_GROWTH
+            old = None  # the smoothed η belongs to older directions: retry without it
+        counts["safeguard_failures"] = 1
+        return eta_raw, torch.zeros_like(eta), sigma0
 
     def _update(self, closure: Callable[..., Tensor] | None, loss: Tensor | None) -> None:
         hp = self.defaults
@@ -228,29 +336,17 @@ class GroupedNewton(CurvatureOptimizer):
             if not self.all_finite([tensors.gbar, tensors.hbar, tensors.d]):
                 self.skip_step("non-finite partition tensors")
                 return
-            eta_raw, ok = self._solve(tensors)
             counts["tensor_computations"] = 1
-            counts["solve_failures"] = int(not ok)
-            eta_new = eta_raw
+            loss0 = None if loss is None else float(loss.detach())
+            eta_raw, eta, sigma = self._step_sizes(tensors, closure, dirs, loss0, counts, updates)
             if hp["clip_negative"]:
                 counts["clipped_step_sizes"] = int((eta_raw < 0).sum())
-                eta_new = eta_raw.clamp(min=0.0)
-            old = cs.get("eta")
-            beta = hp["eta_ema"]
-            eta = eta_new.clone() if old is None else beta * old + (1.0 - beta) * eta_new
             updates["eta"] = eta
             updates["tensors"] = {"gbar": tensors.gbar, "hbar": tensors.hbar, "d": tensors.d,
-                                  "eta_raw": eta_raw, "step": t}
+                                  "eta_raw": eta_raw, "step": t, "reg_scale": sigma}
         eta = updates.get("eta", cs.get("eta"))
-        new_params: list[tuple[Tensor, Tensor]] = []
+        new_params = self._candidate(dirs, eta)
         with torch.no_grad():
-            for k, (p, d) in enumerate(zip(params, dirs)):
-                lr = self.param_groups[self._group_of[k]]["lr"]
-                step_size = float(eta[self._subset_of[k]])
-                if d is None or lr == 0 or step_size == 0.0:
-                    continue
-                # d · scalar (not alpha=) so that an overflow yields inf instead of raising
-                new_params.append((p, p - d * (lr * step_size)))
             if not self.all_finite(v for _, v in new_params):
                 self.skip_step("non-finite update (overflow of lr·η·u)")
                 return

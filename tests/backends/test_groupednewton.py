@@ -229,7 +229,8 @@ def test_overflowing_update_is_skipped():
     torch.manual_seed(12)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))  # float32
     x, y = torch.randn(8, 3), torch.randn(8, 1)
-    opt = curvlab.create("groupednewton", model, nn.MSELoss(), lr=1e300, order=2)
+    opt = curvlab.create("groupednewton", model, nn.MSELoss(), lr=1e300, order=2,
+                         safeguard=False)  # the overflow path itself, not the safeguard
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.warns(NonFiniteStepWarning, match="non-finite update"):
         opt.step(curvlab.closure(model, nn.MSELoss(), x, y))
@@ -263,7 +264,8 @@ def test_resume_mid_period_is_bitwise(direction):
 def test_period_and_ema_bookkeeping():
     model, loss_fn = _tanh_net(9), nn.MSELoss()
     batches = _batches(9)
-    opt = curvlab.create("groupednewton", model, loss_fn, period=3, eta_ema=0.5)
+    opt = curvlab.create("groupednewton", model, loss_fn, period=3, eta_ema=0.5,
+                         safeguard=False)  # exact EMA formula; rejections drop the history
     _run(model, loss_fn, opt, batches, 3)
     first = opt.last_tensors
     assert opt.stats["tensor_computations"] == 1 and first.step == 0
@@ -338,3 +340,36 @@ def test_plain_closure_is_rejected_with_a_hint():
 
     with pytest.raises(ValueError, match="fresh"):
         opt.step(plain)
+
+
+def _deep_relu_ae() -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    widths = [16, 32, 16, 4, 16, 32, 16]
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1])
+    return model, torch.rand(64, 16)
+
+
+@pytest.mark.parametrize("safeguard", [True, False], ids=["safeguard", "no-safeguard"])
+def test_deep_relu_autoencoder_first_step(safeguard):
+    """Regression: indefinite cross-layer H̄ + tiny diagonal D gave η ~ 1e10 and loss → inf.
+
+    Along one ReLU layer the BCE alone curves the loss, so D_sss is tiny for the early
+    layers while H̄ is strongly indefinite through its off-diagonal blocks; the cubic model's
+    minimiser runs along the negative-curvature direction. The safeguard must reject that step.
+    """
+    model, x = _deep_relu_ae()
+    loss_fn = nn.BCEWithLogitsLoss()
+    opt = curvlab.create("groupednewton", model, loss_fn, lr=1.0, safeguard=safeguard)
+    with torch.no_grad():
+        loss0 = float(loss_fn(model(x), x))
+    opt.step(curvlab.closure(model, loss_fn, x, x))
+    with torch.no_grad():
+        loss1 = float(loss_fn(model(x), x))
+    if safeguard:
+        assert loss1 < loss0 and opt.stats["rejected_steps"] >= 1
+        assert opt.last_tensors.reg_scale > 1
+    else:  # documents the failure the safeguard prevents
+        assert not loss1 < loss0
