@@ -226,9 +226,13 @@ class PeerOptimizer(CurvatureOptimizer):
                         for g in self.inner.param_groups]
         rng = (lend_numpy_rng(self.curv_state["numpy_rng"]) if self.uses_numpy_rng
                else nullcontext({}))
+        error = None
         with rng as drawn:
-            self.inner.step()
-        if _all_finite([*params, *_tensors(dict(self.inner.state))]):
+            try:
+                self.inner.step()
+            except torch.linalg.LinAlgError as err:  # e.g. Shampoo's SVD on an ill-conditioned factor
+                error = f"{LIBRARY}.{self.inner_class} failed: {err}"
+        if error is None and _all_finite([*params, *_tensors(dict(self.inner.state))]):
             if "state" in drawn:
                 self.curv_state["numpy_rng"] = drawn["state"]
             return
@@ -238,7 +242,7 @@ class PeerOptimizer(CurvatureOptimizer):
         self.inner.state = defaultdict(dict, saved_state)
         for g, old in zip(self.inner.param_groups, saved_groups):
             g.update(old)
-        self.skip_step(f"{LIBRARY}.{self.inner_class} produced a non-finite update")
+        self.skip_step(error or f"{LIBRARY}.{self.inner_class} produced a non-finite update")
 
     # ---------------------------------------------------------- persistence
     def _export_inner(self) -> dict[str, Any]:

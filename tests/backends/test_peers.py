@@ -308,3 +308,30 @@ def test_package_imports_without_pytorch_optimizer(monkeypatch):
     assert peers.SOAP.schema["lr"].default == 3e-3
     with pytest.raises(ImportError, match=r"pip install 'curvlab\[peers\]'"):
         peers.SOAP(_mlp())
+
+
+def test_linalg_failure_in_inner_step_is_a_skipped_step(monkeypatch):
+    """A factorisation failure inside the library (Shampoo's SVD) skips the step, state intact."""
+    from curvlab.testing import assert_state_equal
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    opt = curvlab.create("shampoo", model, loss_fn)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    opt.step(curvlab.closure(model, loss_fn, x, y))
+    before = [p.detach().clone() for p in model.parameters()]
+    state = copy.deepcopy(opt.state_dict())
+
+    def fail(*args, **kwargs):
+        for p in model.parameters():  # a partial in-place update before the failure
+            p.data.add_(1.0)
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(opt.inner, "step", fail)
+    with pytest.warns(NonFiniteStepWarning, match="failed: linalg.svd"):
+        opt.step(curvlab.closure(model, loss_fn, x, y))
+    for a, b in zip(before, model.parameters()):
+        assert torch.equal(a, b)
+    assert opt.stats["skipped_steps"] == 1
+    assert_state_equal(opt.state_dict()["curvlab"]["curv_state"], state["curvlab"]["curv_state"])
