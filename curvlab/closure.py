@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CLOSURE_OPTIONS", "Closure", "LossClosure", "call_closure", "closure"]
+__all__ = ["CLOSURE_OPTIONS", "Closure", "LossClosure", "accepts", "call_closure", "closure"]
 
 CLOSURE_OPTIONS = ("backward", "create_graph", "fresh")
 
@@ -140,6 +140,20 @@ def closure(
         True
     """
     return LossClosure(model, loss_fn, inputs, targets, batches)
+
+
+def accepts(fn: Callable[..., Any], option: str) -> bool:
+    """Whether the closure ``fn`` takes the contract keyword ``option`` (or ``**kwargs``).
+
+    Lets an optimizer use an option when it is available and fall back
+    otherwise (K-BFGS skips the weight gradients of its second evaluation
+    with ``backward=False`` when it can).
+
+    Example:
+        >>> accepts(lambda: 1.0, "backward"), accepts(lambda **kw: 1.0, "fresh")
+        (False, True)
+    """
+    return option in _accepted_options(fn)
 
 
 def _accepted_options(fn: Callable[..., Any]) -> frozenset[str]:

@@ -54,7 +54,6 @@ included, skips the whole step) and after the pair updates (for the counters).
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -63,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from curvlab.closure import call_closure
+from curvlab.closure import accepts, call_closure
 from curvlab.curvature.bfgs import bfgs_gram_coefficients
 from curvlab.curvature.double_damping import DampedPair, double_damping, double_damping_blocks
 from curvlab.curvature.layers import find_layers
@@ -95,15 +94,6 @@ _COMMON = [
            high_open=True),
     HParam("weight_decay", float, 1e-5, "L2 coefficient w added to the gradient", low=0.0),
 ]
-
-
-def _accepts_backward(closure: Callable[..., Tensor]) -> bool:
-    """Whether the closure takes the contract's ``backward=`` keyword (or ``**kwargs``)."""
-    try:
-        params = inspect.signature(closure).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "backward" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _sums(tensors: list[Tensor]) -> Tensor:
@@ -305,7 +295,7 @@ class _KBFGSBase(CurvatureOptimizer):
     ) -> None:
         """Second evaluation at θ⁺ on the same batch, then the damped H_g updates (one sync)."""
         with self._capture.recording(inputs=False) as second, torch.enable_grad():
-            if _accepts_backward(closure):
+            if accepts(closure, "backward"):
                 # only ∂L/∂h is needed: skip the weight gradients and leave .grad alone
                 loss = call_closure(closure, who=self.name, backward=False)
                 outs = list(self._capture.outputs.values())
