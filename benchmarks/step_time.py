@@ -92,7 +92,8 @@ def main(argv=None) -> None:
     parser.add_argument("--problems", nargs="+", default=DEFAULT_PROBLEMS)
     parser.add_argument("--optimizers", nargs="+", default=DEFAULT_OPTIMIZERS)
     parser.add_argument("--hparams", nargs="*", default=[], help="name:key=value,...")
-    parser.add_argument("--block", type=int, default=50, help="steps per timed block")
+    parser.add_argument("--block", type=int, default=100,
+                        help="steps per timed block (100 amortises FOOF's T=100, K-FAC's 50)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
