@@ -24,6 +24,7 @@ examples:
   curvlab compare --problem quadratic --optimizers sgd,adam --steps 200 --hp adam.lr=0.01
   curvlab ablate --problem digits-mlp --optimizer sgd --hparam lr --values 0.3,0.1,0.03
   curvlab report --store curvlab-results.sqlite --out curvlab-report
+  curvlab report --store curvlab-results.sqlite --profile --measure steps --out curvlab-report
 """
 
 
@@ -141,10 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p = sub.add_parser("report", help="write the report of a stored comparison",
                        formatter_class=fmt,
-                       epilog="examples:\n  curvlab report --store curvlab-results.sqlite --out rep\n")
+                       epilog="examples:\n  curvlab report --store curvlab-results.sqlite --out rep\n"
+                              "  curvlab report --store curvlab-results.sqlite --profile "
+                              "--measure seconds --out rep\n")
     p.add_argument("--store", default="curvlab-results.sqlite")
     p.add_argument("--comparison", default=None, help="comparison id (default: the latest)")
     p.add_argument("--out", default="curvlab-report", help="report folder")
+    g = p.add_argument_group("performance profiles across problems (Dolan-More)")
+    g.add_argument("--profile", action="store_true",
+                   help="write a performance profile of the stored comparisons instead")
+    g.add_argument("--measure", default="steps", choices=("steps", "seconds", "loss"),
+                   help="cost: steps or seconds to the target, or final train loss (default steps)")
+    g.add_argument("--comparisons", default=None,
+                   help="comma-separated comparison ids (default: all in the store)")
+    g.add_argument("--taus", default="1,2,4,8,16",
+                   help="comma-separated tau values of the rho table (default %(default)s)")
     return parser
 
 
@@ -238,8 +250,27 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not Path(args.store).is_file():
         raise _CliError(f"results store {args.store!r} does not exist")
     store = Store(args.store)
+    if args.profile:
+        return _profile(store, args)
     cid, spec = store.comparison(args.comparison)
     return _finish(Comparison(cid, store, spec), args.out)
+
+
+def _profile(store: Any, args: argparse.Namespace) -> int:
+    from curvlab.harness.profiles import performance_profile, profile_table, write_profile
+
+    try:
+        taus = [float(t) for t in args.taus.split(",") if t.strip()]
+    except ValueError:
+        raise _CliError(f"--taus expects comma-separated numbers, got {args.taus!r}") from None
+    if not taus or any(not t >= 1 for t in taus):
+        raise _CliError(f"--taus values must be >= 1, got {args.taus!r}")
+    ids = [c.strip() for c in args.comparisons.split(",") if c.strip()] if args.comparisons else None
+    prof = performance_profile(store, ids, args.measure)
+    print(profile_table(prof, taus))
+    paths = write_profile(prof, args.out, taus)
+    print(f"profile: {paths[0].parent} ({', '.join(p.name for p in paths)})")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,9 @@ Files written to the report folder:
 - ``loss_vs_step.png``, ``loss_vs_time.png``: full train loss (mean over
   seeds, log scale) against steps and against training seconds;
 - ``time_to_target.png``: bar chart of the mean seconds to the target.
+
+Performance profiles across several comparisons (problems) are written by
+:func:`curvlab.harness.profiles.write_profile` (``curvlab report --profile``).
 """
 
 from __future__ import annotations
