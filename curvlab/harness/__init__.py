@@ -13,6 +13,7 @@ wraps them):
 from curvlab.harness.compare import DEFAULT_BUDGET, Comparison, ablate, compare
 from curvlab.harness.config import RunConfig
 from curvlab.harness.problems import Problem, available_problems, load_problem
+from curvlab.harness.profiles import performance_profile
 from curvlab.harness.runner import RunResult, execute
 from curvlab.harness.store import Store
 
@@ -28,4 +29,5 @@ __all__ = [
     "compare",
     "execute",
     "load_problem",
+    "performance_profile",
 ]
