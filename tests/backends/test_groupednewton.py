@@ -373,3 +373,25 @@ def test_deep_relu_autoencoder_first_step(safeguard):
         assert opt.last_tensors.reg_scale > 1
     else:  # documents the failure the safeguard prevents
         assert not loss1 < loss0
+
+
+def test_predicted_decrease_matches_the_solver_model_on_unregularised_subsets():
+    """Regression: the safeguard's model decrease must use the solver's 𝒟 (d_s ≤ D_REL_TOL·max d → 0).
+
+    Otherwise a subset the solver leaves unregularised (η_s independent of σ) carries a cubic
+    term that grows with σ, the predicted decrease goes to −∞ and every retry is rejected.
+    """
+    from curvlab_plugins.groupednewton.cubic import cubic_step_sizes
+    from curvlab_plugins.groupednewton.tensors import PartitionTensors
+
+    model = nn.Linear(2, 1, bias=True)
+    opt = curvlab.create("groupednewton", model, nn.MSELoss(), lr=1.0)
+    hbar = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    gbar = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    tiny = PartitionTensors(gbar, hbar, torch.tensor([1.0, 1e-19], dtype=torch.float64))  # d₂ ≈ 5e-7
+    zero = PartitionTensors(gbar, hbar, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    for lam in (10.0, 1e20):
+        eta = cubic_step_sizes(hbar, gbar, tiny.d_diag, lam).eta
+        assert opt._predicted(tiny, eta, lam) == pytest.approx(opt._predicted(zero, eta, lam))
+        assert opt._predicted(tiny, eta, lam) > 0  # the model minimiser decreases the model
+
