@@ -42,6 +42,15 @@ from torch import Tensor
 __all__ = ["LBFGSMemory", "compact_apply", "compact_factors", "two_loop"]
 
 
+def _check_shapes(who: str, S: Tensor, Y: Tensor, v: Tensor) -> None:
+    """Raise unless S, Y are (k, d) and v is (d,) or (d, c)."""
+    if S.shape != Y.shape or S.dim() != 2 or v.shape[0] != S.shape[1] or v.dim() > 2:
+        raise ValueError(
+            f"{who} needs S, Y of shape (k, d) and v of shape (d,) or (d, c); got "
+            f"{tuple(S.shape)}, {tuple(Y.shape)}, {tuple(v.shape)}"
+        )
+
+
 def two_loop(S: Tensor, Y: Tensor, v: Tensor, gamma: float = 1.0) -> Tensor:
     r"""Apply the L-BFGS inverse approximation built from ``(S, Y)`` to ``v``.
 
@@ -68,11 +77,7 @@ def two_loop(S: Tensor, Y: Tensor, v: Tensor, gamma: float = 1.0) -> Tensor:
         >>> two_loop(S, Y, Y[0])   # secant equation: H y = s
         tensor([1., 0.], dtype=torch.float64)
     """
-    if S.shape != Y.shape or S.dim() != 2 or v.shape[0] != S.shape[1] or v.dim() > 2:
-        raise ValueError(
-            f"two_loop needs S, Y of shape (k, d) and v of shape (d,) or (d, c); got "
-            f"{tuple(S.shape)}, {tuple(Y.shape)}, {tuple(v.shape)}"
-        )
+    _check_shapes("two_loop", S, Y, v)
     k = S.shape[0]
     if k == 0:
         return gamma * v
@@ -154,11 +159,7 @@ def compact_apply(
         >>> torch.allclose(compact_apply(S, Y, v), two_loop(S, Y, v))
         True
     """
-    if S.shape != Y.shape or S.dim() != 2 or v.shape[0] != S.shape[1] or v.dim() > 2:
-        raise ValueError(
-            f"compact_apply needs S, Y of shape (k, d) and v of shape (d,) or (d, c); got "
-            f"{tuple(S.shape)}, {tuple(Y.shape)}, {tuple(v.shape)}"
-        )
+    _check_shapes("compact_apply", S, Y, v)
     k = S.shape[0]
     if k == 0:
         return gamma * v

@@ -97,6 +97,11 @@ class PreactivationCapture:
 
             h.register_hook(grad_hook)
 
+    @property
+    def active(self) -> bool:
+        """Whether a :meth:`recording` block is running."""
+        return self._active
+
     @contextmanager
     def recording(self, *, inputs: bool) -> Iterator[dict[str, dict[str, Tensor]]]:
         """Record the layers during the block (clears earlier records).

@@ -166,7 +166,7 @@ class _KBFGSBase(CurvatureOptimizer):
 
     def _set_loss_scale(self, module: nn.Module, args: Any, output: Tensor) -> None:
         """Model forward hook: the factor c to the paper's loss normalisation."""
-        if self._capture._active and isinstance(output, Tensor):
+        if self._capture.active and isinstance(output, Tensor):
             self._capture.scale = paper_loss_scale(self.loss_fn, output)
 
     def _evaluate(self, closure: Callable[..., Tensor]) -> Tensor:
