@@ -4,7 +4,9 @@ Build (warnings are errors)::
 
     python3 -m sphinx -W --keep-going -b html docs docs/_build/html
 
-No network is needed: intersphinx is deliberately not enabled.
+No network is needed, neither to build nor to read the pages: intersphinx is
+deliberately not enabled, and MathJax is served from the built docs
+(``docs/_ext/curvlab_mathjax.py``; ``make docs`` installs it with npm).
 """
 
 import os
@@ -28,6 +30,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "curvlab_mathjax",  # MathJax from _static/, never from a CDN
     "sphinx.ext.viewcode",
     "curvlab_docs",
 ]

@@ -3,6 +3,7 @@
 import argparse
 import importlib
 import inspect
+import os
 import re
 import shutil
 import subprocess
@@ -99,12 +100,13 @@ def test_backend_pages_exist(conf):
 def test_docs_build_without_warnings_and_document_everything(tmp_path):
     """Full ``-W`` build (about a minute); CI runs the same through ``make docs``."""
     src = tmp_path / "docs"
-    shutil.copytree(DOCS, src, ignore=shutil.ignore_patterns("_build", "generated"))
+    shutil.copytree(DOCS, src, ignore=shutil.ignore_patterns("_build", "generated", "node_modules"))
     shutil.copytree(ROOT / "examples", tmp_path / "examples")  # literalinclude'd
     out = tmp_path / "html"
+    env = {**os.environ, "CURVLAB_MATHJAX_DIR": str(DOCS / "node_modules" / "mathjax")}
     proc = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", str(src), str(out)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, env=env,
     )
     assert proc.returncode == 0, proc.stderr
     html = "\n".join(p.read_text() for p in out.rglob("*.html"))
