@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check -c .ci/constraints.txt
 REPORT ?= curvlab-results
 
-.PHONY: install test lint pytest docs docs-browser slow bench
+.PHONY: install test lint pytest docs docs-browser results slow bench
 # MathJax for the docs (pinned in docs/package.json + docs/package-lock.json), served from the built pages.
 DOCS_ASSETS = docs/node_modules/.package-lock.json
 
@@ -34,6 +34,10 @@ $(DOCS_ASSETS): docs/package.json docs/package-lock.json
 ## The built docs in headless Chromium: equations typeset, no network request (skips without chromium).
 docs-browser: docs
 	CURVLAB_DOCS_HTML=docs/_build/html $(PYTHON) -m pytest -q -m slow -p no:cacheprovider tests/test_docs_browser.py
+
+## Re-run what the docs' Results and Choosing pages are drawn from (docs/results/; ~30 min on 2 cores).
+results:
+	$(PYTHON) docs/results/regenerate.py
 
 ## Long-running checks (paper-style comparisons); not part of CI.
 slow:

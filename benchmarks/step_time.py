@@ -21,6 +21,7 @@ auto-encoder; GroupedNewton <= 3x on digits MLP at period 10.
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 import time
 
@@ -97,9 +98,14 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--csv", default=None,
+                        help="also write the rows to this CSV file (docs/results/step_time.csv "
+                             "is the one the docs read)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = [curvlab.normalize(n) for n in args.optimizers]
+    if names == ["all"]:
+        names = curvlab.available()
     if "sgd" not in names:
         names.insert(0, "sgd")
     hparams = parse_hparams(args.hparams)
@@ -107,13 +113,24 @@ def main(argv=None) -> None:
           f"{args.rounds} rounds (median)\n")
     print("| problem | optimizer | ms/step | × SGD |")
     print("|---|---|---:|---:|")
+    rows = []
     for problem_name in args.problems:
         med, skipped = bench_problem(problem_name, names, hparams, args.block, args.rounds,
                                      args.warmup)
         for name, sec in med.items():
             print(f"| {problem_name} | {name} | {1e3 * sec:.2f} | {sec / med['sgd']:.2f} |")
+            rows.append({"problem": problem_name, "optimizer": name,
+                         "ms_per_step": f"{1e3 * sec:.4g}", "ratio_vs_sgd": f"{sec / med['sgd']:.4g}",
+                         "unsupported": ""})
         for name, why in skipped.items():
             print(f"| {problem_name} | {name} | unsupported: {why} | |")
+            rows.append({"problem": problem_name, "optimizer": name, "ms_per_step": "",
+                         "ratio_vs_sgd": "", "unsupported": why})
+    if args.csv:
+        with open(args.csv, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 if __name__ == "__main__":

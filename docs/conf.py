@@ -33,9 +33,11 @@ extensions = [
     "curvlab_mathjax",  # MathJax from _static/, never from a CDN
     "sphinx.ext.viewcode",
     "curvlab_docs",
+    "curvlab_results",  # Results page: tables and plots from docs/results/
+    "curvlab_choosing",  # Choosing an optimizer: cost, coverage, measured behaviour
 ]
 
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "node_modules", "results/_figures"]
 root_doc = "index"
 
 # -- API reference -----------------------------------------------------------
@@ -77,9 +79,20 @@ curvlab_docs_strict = os.environ.get("CURVLAB_DOCS_STRICT", "1") != "0"
 # -- HTML --------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"curvlab {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["curvlab.css"]
 smartquotes = False  # keep quotes in code-like text (hparam docs) straight
 
 # One API page per module of these packages, written to docs/api/generated/ at build time.
 curvlab_api_packages = ["curvlab", "curvlab_plugins"]
 curvlab_api_dir = "api/generated"
+
+# -- Results and Choosing pages (docs/_ext/curvlab_results.py, curvlab_choosing.py) --
+# Data: docs/results/*.json manifests + stores/CSV, written by docs/results/regenerate.py.
+curvlab_results_dir = "results"
+curvlab_results_figures = "results/_figures"  # drawn at build time, not committed
+curvlab_choosing = {
+    "benchmark": "step_time",
+    "tuned": "readme/digits-autoencoder-tuned",
+    "defaults": ["readme/digits-mlp-defaults", "readme/digits-cnn-defaults"],
+}
