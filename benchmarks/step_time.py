@@ -12,6 +12,7 @@ Usage::
     python benchmarks/step_time.py                              # defaults below
     python benchmarks/step_time.py --problems digits-mlp --optimizers kfac foof \
         --block 100 --rounds 5 --hparams kfac:factor_every=5,inverse_every=50
+    python benchmarks/step_time.py --optimizers all --csv docs/results/step_time.csv
 
 Prints a markdown table. Targets from the issues (amortised, 2 CPU cores):
 K-FAC <= 1.5x and FOOF <= 1.3x on digits MLP/CNN; K-BFGS <= 2.2x on the digits

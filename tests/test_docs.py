@@ -100,7 +100,7 @@ def test_backend_pages_exist(conf):
 def test_docs_build_without_warnings_and_document_everything(tmp_path):
     """Full ``-W`` build (about a minute); CI runs the same through ``make docs``."""
     src = tmp_path / "docs"
-    shutil.copytree(DOCS, src, ignore=shutil.ignore_patterns("_build", "generated", "node_modules"))
+    shutil.copytree(DOCS, src, ignore=shutil.ignore_patterns("_build", "generated", "node_modules", "_figures"))
     shutil.copytree(ROOT / "examples", tmp_path / "examples")  # literalinclude'd
     out = tmp_path / "html"
     env = {**os.environ, "CURVLAB_MATHJAX_DIR": str(DOCS / "node_modules" / "mathjax")}

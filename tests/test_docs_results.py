@@ -189,11 +189,13 @@ def test_choosing_warns_about_a_builtin_without_a_section(tmp_path):
 def test_evidence_ranks_and_grid_failures(results_dir):
     class Config:
         curvlab_results_dir = str(results_dir)
+        curvlab_backend_pages = {"adam": "x"}
         curvlab_choosing = {"benchmark": "step_time", "tuned": "toy/toy-tuned",
                             "defaults": ["toy/toy-defaults"]}
 
     evidence, sources = curvlab_choosing.collect(Path("/"), Config())
     assert sources["problems"] == ["quadratic", "conv"]
+    assert list(evidence)[0] == "adam"  # maths-page order first
     sgd, adam = evidence["sgd"], evidence["adam"]
     assert adam.cost == {"quadratic": 1.5, "conv": "unsupported: Linear layers only"}
     assert {sgd.tuned.rank, adam.tuned.rank} == {1, 2} and sgd.tuned.of == 2

@@ -51,8 +51,8 @@ logger = logging.getLogger(__name__)
 class Outcome:
     """One optimizer's final run(s) in one comparison."""
 
-    comparison: str
-    problem: str
+    comparison: str  # the comparison's title
+    problem: str  # its short name (the comparison id in the manifest)
     hparams: str
     final_loss: float
     rank: int | None  # 1 = lowest final loss; None when it failed
@@ -85,7 +85,7 @@ def _failed(row: dict[str, Any]) -> str:
     return ""
 
 
-def outcomes(comp: Any, label: str) -> dict[str, Outcome]:
+def outcomes(comp: Any, label: str, short: str) -> dict[str, Outcome]:
     """``optimizer → Outcome`` for the final runs of one comparison, ranked by final loss."""
     rows = comp.summary()
     ok = sorted((r for r in rows if not _failed(r)), key=lambda r: r["final_loss"])
@@ -93,7 +93,7 @@ def outcomes(comp: Any, label: str) -> dict[str, Outcome]:
     out = {}
     for r in rows:
         out[r["label"]] = Outcome(
-            comparison=label, problem=comp.spec.get("problem", label),
+            comparison=label, problem=short,
             hparams=r.get("hparams") or "defaults", final_loss=r.get("final_loss", math.nan),
             rank=rank.get(r["label"]), of=len(rows), reached=bool(r.get("reached")),
             failure=_failed(r), skipped_steps=float(r.get("stat_skipped_steps", 0.0) or 0.0))
@@ -123,7 +123,11 @@ def collect(srcdir: Path, config: Any) -> tuple[dict[str, Evidence], dict[str, A
 
     spec = config.curvlab_choosing
     folder = srcdir / config.curvlab_results_dir
-    evidence = {n: Evidence(n) for n in sorted(set(curvlab.available()))}
+    # Built-in backends in the order of their maths pages, then any other plugin.
+    known = list(dict.fromkeys(config.curvlab_backend_pages))
+    names = [n for n in known if n in curvlab.available()]
+    names += sorted(set(curvlab.available()) - set(names))
+    evidence = {n: Evidence(n) for n in names}
     sources: dict[str, Any] = {"benchmark": None, "tuned": None, "defaults": []}
     found = benchmark(folder, spec.get("benchmark", "step_time"))
     if found is not None:
@@ -148,7 +152,7 @@ def collect(srcdir: Path, config: Any) -> tuple[dict[str, Evidence], dict[str, A
                                (None, None))
             if comp is None:
                 continue
-            found_outcomes = outcomes(comp, entry.get("title", comp_name))
+            found_outcomes = outcomes(comp, entry.get("title", comp_name), comp_name)
             failures = grid_failures(comp) if role == "tuned" else {}
         finally:
             store.close()

@@ -68,7 +68,7 @@ SETS: dict[str, dict] = {
                 "about": (
                     "MLP 64-128-64-10, cross-entropy, batch 128, 500 steps, one seed; the "
                     "papers' (or the library's) default hyper-parameters, not tuned for "
-                    "this problem. `make install` runs the same comparison with a 15 s "
+                    "this problem. 'make install' runs the same comparison with a 15 s "
                     "safety cap per run, which only a slow or busy machine reaches."
                 ),
                 "args": ["--problem", "digits-mlp", "--optimizers", "all", "--seconds", "none"],
