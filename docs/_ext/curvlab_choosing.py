@@ -37,7 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curvlab_results import _num, _para, benchmark, result_sets, step_time_ratios, table
+from curvlab_results import (
+    _num,
+    _para,
+    benchmark,
+    provenance_fields,
+    result_sets,
+    step_time_ratios,
+    table,
+)
 from docutils import nodes
 from sphinx.addnodes import pending_xref
 from sphinx.application import Sphinx
@@ -226,6 +234,8 @@ class ChoosingDirective(_ChoosingDirective):
             table(["optimizer", *[f"× SGD, {p}" for p in problems], "layers",
                    "closure options / needs"], cost_rows, numeric=range(1, len(problems) + 1)),
         ]
+        if sources.get("benchmark"):
+            out.append(provenance_fields(sources["benchmark"], command=True))
         tuned = sources.get("tuned")
         defaults = sources.get("defaults", [])
         if tuned or defaults:

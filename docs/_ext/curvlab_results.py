@@ -284,6 +284,17 @@ def _field_list(items: list[tuple[str, nodes.Node | str]]) -> nodes.field_list:
     return flist
 
 
+def provenance_fields(manifest: dict[str, Any], command: bool = False) -> nodes.field_list:
+    """Regenerate command (and the command itself), date, machine and versions as fields."""
+    p = provenance(manifest)
+    items: list[tuple[str, nodes.Node | str]] = []
+    if command and manifest.get("command"):
+        items.append(("Command", _para(nodes.literal(text=manifest["command"]))))
+    items += [("Regenerate", _para(nodes.literal(text=manifest.get("regenerate", "")))),
+              ("Date", p["date"]), ("Machine", p["machine"]), ("Versions", p["versions"])]
+    return _field_list(items)
+
+
 # ------------------------------------------------------------- directives
 class _ResultsDirective(SphinxDirective):
     def folder(self) -> Path:
@@ -303,11 +314,7 @@ class _ResultsDirective(SphinxDirective):
         return sec
 
     def provenance_fields(self, manifest: dict[str, Any]) -> nodes.field_list:
-        p = provenance(manifest)
-        regen = manifest.get("regenerate", "")
-        return _field_list([("Regenerate", _para(nodes.literal(text=regen))),
-                            ("Date", p["date"]), ("Machine", p["machine"]),
-                            ("Versions", p["versions"])])
+        return provenance_fields(manifest)
 
 
 class ResultsDirective(_ResultsDirective):
@@ -440,10 +447,8 @@ class StepTimeDirective(_ResultsDirective):
                 cells.append(f"{v:.2f}×" if isinstance(v, float) else ("n/a" if v else "—"))
             body.append(cells)
         headers = ["optimizer", *[f"{p} (SGD {sgd.get(p, '?')} ms)" for p in problems]]
-        command = manifest.get("command", "")
         return [table(headers, body, numeric=range(1, len(headers))),
-                self.provenance_fields(manifest),
-                nodes.literal_block(command, command, language="bash")]
+                provenance_fields(manifest, command=True)]
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
