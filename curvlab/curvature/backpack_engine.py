@@ -12,9 +12,16 @@ BackPACK leaves ``weight.kfac = [G, A]`` and ``bias.kfac = [G]``; they are
 converted to the engine convention of :mod:`~curvlab.curvature.layer_factors`:
 
 * ``Linear`` (2-D inputs): unchanged;
-* ``Conv2d``: BackPACK's :math:`A = \frac1N\sum_{n,r} a a^\top` lacks the
-  :math:`1/R` of Grosse & Martens' KFC (BackPACK says so in its own
-  ``HBPConvNd.weight`` docstring), so :math:`A/R` with :math:`R = H_\text{out}W_\text{out}`;
+* ``Conv2d``: BackPACK's factors are neither of the two weight-sharing
+  approximations. Its :math:`G` (``HBPConvNd._factor_from_sqrt``) sums the
+  back-propagated square root over the output positions *before* the outer
+  product, :math:`\sum_v\sum_n \hat g_n \hat g_n^\top` with
+  :math:`\hat g_n = \sum_r g_{n,r}` — exactly the *reduce* :math:`G` — while
+  its :math:`A = \frac1N\sum_{n,r} a a^\top` is :math:`R` times the *expand*
+  :math:`A` (its docstring notes the factor :math:`|\mathcal T| = R` against
+  Grosse & Martens' KFC). So this engine serves ``Conv2d`` only with
+  ``kfac_approx="reduce"``: :math:`G` from BackPACK, :math:`A` (mean patches)
+  from a forward hook; ``"expand"`` is refused (use the hook engine);
 * ``bias_layout="homogeneous"``: BackPACK has no weight-bias cross term, so
   :math:`A` over ``[a, 1]`` comes from a forward hook
   (:class:`~curvlab.curvature.kronecker_factors.KroneckerAccumulator`) and
@@ -22,9 +29,8 @@ converted to the engine convention of :mod:`~curvlab.curvature.layer_factors`:
 
 ``need_G=False`` runs no BackPACK at all (forward hooks only). Refused at
 capture time, with a message pointing to ``engine="hooks"``: ``"empirical"``
-(BackPACK has no such K-FAC extension), ``kfac_approx="reduce"`` on a
-``Conv2d`` (BackPACK's :math:`G` sums outer products over positions), and a
-``Linear`` input that is not 2-D (checked in a forward pre-hook, before
+(BackPACK has no such K-FAC extension), ``kfac_approx="expand"`` on a
+``Conv2d`` (see above), and a ``Linear`` input that is not 2-D (checked in a forward pre-hook, before
 BackPACK sees it).
 """
 
@@ -63,9 +69,15 @@ _HOOK_WARNING = "Full backward hook is firing when gradients are computed with r
 
 
 def backpack_supports(
-    model: nn.Module, loss_fn: object, trainable: Iterable[Tensor] | None = None
+    model: nn.Module,
+    loss_fn: object,
+    trainable: Iterable[Tensor] | None = None,
+    kfac_approx: str | None = None,
 ) -> str | None:
     """``None`` if BackPACK's K-FAC handles ``model`` and ``loss_fn``, else the reason.
+
+    ``kfac_approx="expand"`` also excludes models with a ``Conv2d`` (see the
+    module docstring); ``None`` checks the structure only.
 
     Example:
         >>> backpack_supports(nn.Sequential(nn.Linear(2, 2)), nn.MSELoss()) is None
@@ -85,6 +97,8 @@ def backpack_supports(
     for group in plan.groups.values():
         if len(group.modules) > 1:
             return f"parameters shared by {' and '.join(group.paths)}"
+        if group.family == "conv2d" and kfac_approx == "expand":
+            return f"BackPACK's Conv2d factors are not kfac_approx='expand' ({group.paths[0]})"
     return None
 
 
@@ -165,10 +179,11 @@ class BackpackEngine:
                 f"{self.who}: the BackPACK engine has no empirical-Fisher K-FAC; "
                 "fisher_type must be 'mc' or 'exact' here, or use engine='hooks'"
             )
-        if kfac_approx == "reduce" and any(g.family == "conv2d" for g in self.plan.groups.values()):
+        if kfac_approx == "expand" and any(g.family == "conv2d" for g in self.plan.groups.values()):
             raise ValueError(
-                f"{self.who}: kfac_approx='reduce' on Conv2d needs position-summed output "
-                "gradients, which BackPACK does not provide; use engine='hooks'"
+                f"{self.who}: BackPACK's Conv2d G sums the output-gradient square root over "
+                "positions before the outer product (the reduce G), so the BackPACK engine serves "
+                "Conv2d only with kfac_approx='reduce'; use engine='hooks' for 'expand'"
             )
 
     @contextmanager
@@ -191,12 +206,11 @@ class BackpackEngine:
             name: KroneckerAccumulator(g, kfac_approx=kfac_approx, homogeneous=True)
             for name, g in self.plan.groups.items()
         }
-        positions: dict[str, int] = {}
         handles = []
         for name, group in self.plan.groups.items():
             module = group.modules[0]
             handles.append(module.register_forward_pre_hook(self._check_input(name)))
-            handles.append(module.register_forward_hook(self._record(name, accs, positions)))
+            handles.append(module.register_forward_hook(self._record(name, accs)))
         ext: Any = None
         sampler: SeededLossExtension | None = None
         if need_G:
@@ -228,9 +242,9 @@ class BackpackEngine:
             A = own.A
             if need_G:
                 G, A_bp = self._collect(group, ext.savefield)
-                if not homogeneous and group.weight is not None:
-                    A = A_bp / positions[name] if group.family == "conv2d" else A_bp
-            if not homogeneous and group.weight is not None and not need_G:
+                if not homogeneous and group.weight is not None and group.family == "linear":
+                    A = A_bp
+            if not homogeneous and group.weight is not None and (not need_G or group.family == "conv2d"):
                 A = _drop_bias_column(A, group)
             if not homogeneous and group.weight is None:
                 A = None
@@ -256,11 +270,10 @@ class BackpackEngine:
         return hook
 
     @staticmethod
-    def _record(name: str, accs: dict[str, KroneckerAccumulator], positions: dict[str, int]):
+    def _record(name: str, accs: dict[str, KroneckerAccumulator]):
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
             if torch.is_grad_enabled():
                 accs[name].add_input(module, args[0])
-                positions[name] = output[0, 0].numel() if isinstance(module, nn.Conv2d) else 1
 
         return hook
 

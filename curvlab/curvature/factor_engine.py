@@ -158,6 +158,7 @@ def make_engine(
     loss_fn: nn.Module,
     *,
     engine: str = "auto",
+    kfac_approx: str = "expand",
     bias_layout: str = "separate",
     seed: int | None = None,
     trainable: Iterable[Tensor] | None = None,
@@ -166,17 +167,19 @@ def make_engine(
     """The factor engine for ``model``: BackPACK where it applies, curvlab's hooks otherwise.
 
     ``"auto"`` picks :class:`~curvlab.curvature.backpack_engine.BackpackEngine`
-    when BackPACK supports the model and loss (``nn.Sequential`` of
-    ``Linear``/``Conv2d`` and parameter-free modules, every trainable parameter
-    in such a layer; MSE/CE/BCEWithLogits) and the hook engine otherwise. The
-    BackPACK engine refuses N-D ``Linear`` inputs, ``"empirical"`` and
-    ``kfac_approx="reduce"`` on convolutions at capture time with a message
-    that says to use ``engine="hooks"``.
+    when BackPACK computes the factors for ``kfac_approx`` (``nn.Sequential``
+    of ``Linear`` and parameter-free modules, plus ``Conv2d`` for ``"reduce"``
+    only; every trainable parameter in such a layer; MSE/CE/BCEWithLogits) and
+    the hook engine otherwise. The BackPACK engine refuses N-D ``Linear``
+    inputs and ``"empirical"`` at capture time with a message that says to use
+    ``engine="hooks"``.
 
     Args:
         model: The network.
         loss_fn: ``MSELoss``, ``CrossEntropyLoss`` or ``BCEWithLogitsLoss`` (mean or sum).
         engine: ``"auto"``, ``"backpack"`` or ``"hooks"``.
+        kfac_approx: The approximation the backend will capture (only used to
+            choose the engine; each capture names its own).
         bias_layout: ``"separate"`` (BackPACK's ``[G, A]`` + bias ``[G]``) or
             ``"homogeneous"`` (bias folded into ``A``).
         seed: Seed of the private Monte-Carlo generator (default: drawn from
@@ -200,9 +203,10 @@ def make_engine(
     from curvlab.curvature.hook_engine import HookEngine
 
     check_choice("engine", engine, ENGINES)
+    check_kfac_approx(kfac_approx)
     check_choice("bias_layout", bias_layout, BIAS_LAYOUTS)
     trainable = list(trainable) if trainable is not None else None
     kwargs = {"bias_layout": bias_layout, "seed": seed, "trainable": trainable, "who": who}
-    if engine == "hooks" or (engine == "auto" and backpack_supports(model, loss_fn, trainable) is not None):
+    if engine == "hooks" or (engine == "auto" and backpack_supports(model, loss_fn, trainable, kfac_approx) is not None):
         return HookEngine(model, loss_fn, **kwargs)
     return BackpackEngine(model, loss_fn, **kwargs)
