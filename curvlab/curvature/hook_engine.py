@@ -195,6 +195,24 @@ class HookEngine:
         result.rng_state = self._rng_state
 
 
+def _gradient_target(output: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``(tensor to take gradients at, replacement output or None)`` for a layer output.
+
+    A later in-place operation on an output that is a *view* (``Linear`` on
+    N-D inputs returns a reshaped matrix product) rebases the view's base and
+    bypasses the view's own autograd node, so an edge or hook on the view
+    would see no gradient. A view of its whole base is replaced by that base
+    (reshaped by the caller); any other view is handed on as a copy (the
+    forward hook's return value), so nothing downstream can rewrite it.
+    """
+    base = output._base
+    if base is None:
+        return output, None
+    if base.numel() == output.numel() and base.requires_grad:
+        return base, None
+    return output, output.clone()
+
+
 class _Run:
     """State of one capture: hooks' closures, recorded edges, empirical gradients."""
 
@@ -205,7 +223,7 @@ class _Run:
         self.fisher_type = fisher_type
         self.samples = samples
         self.need_G = need_G
-        self.edges: list[tuple[str, int, Any]] = []  # (block, use, gradient edge)
+        self.edges: list[tuple[str, int, Any, torch.Size]] = []  # (block, use, edge, shape)
         self.empirical: dict[tuple[str, int], Tensor] = {}
         self.loss_calls = 0
         self.scale: float | None = None
@@ -213,19 +231,22 @@ class _Run:
         self.rng_state: Tensor | None = None
 
     def layer_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
             if not torch.is_grad_enabled():
-                return
+                return None
             use = self.accs[name].add_input(module, args[0])
             if not self.need_G or not output.requires_grad:
-                return
+                return None
+            target, replaced = _gradient_target(output)
+            shape = output.shape
             if self.fisher_type == "empirical":
                 def record(g: Tensor, key: tuple[str, int] = (name, use)) -> None:
-                    self.empirical[key] = g.detach()
+                    self.empirical[key] = g.detach().reshape(shape)
 
-                output.register_hook(record)
+                target.register_hook(record)
             else:
-                self.edges.append((name, use, get_gradient_edge(output)))
+                self.edges.append((name, use, get_gradient_edge(target), shape))
+            return replaced
 
         return hook
 
@@ -263,10 +284,13 @@ class _Run:
             vectors = mc_samples(module, f, gen, self.samples)
         if not self.edges:
             return
-        inputs = [e for _, _, e in self.edges]
+        inputs = [e for _, _, e, _ in self.edges]
         for v in vectors:
             grads = torch.autograd.grad(f, inputs, grad_outputs=v, retain_graph=True, allow_unused=True)
-            self._dispatch({(n, u): g for (n, u, _), g in zip(self.edges, grads)})
+            self._dispatch({
+                (n, u): None if g is None else g.reshape(shape)
+                for (n, u, _, shape), g in zip(self.edges, grads)
+            })
         if self.fisher_type == "mc":
             self.rng_state = gen.get_state()
 
