@@ -83,7 +83,7 @@ def backpack_supports(
         >>> backpack_supports(nn.Sequential(nn.Linear(2, 2)), nn.MSELoss()) is None
         True
         >>> backpack_supports(nn.Sequential(nn.LayerNorm(2)), nn.MSELoss())
-        'kfac supports Linear, Conv2d layers and the parameter-free modules ReLU, Sigmoid, Tanh, Flatten, MaxPool2d, AvgPool2d, ZeroPad2d, Dropout, Identity; got LayerNorm at model.0'
+        'kfac supports Linear, Conv2d; got LayerNorm at model.0'
     """
     try:
         check_loss(loss_fn)
@@ -209,7 +209,8 @@ class BackpackEngine:
         handles = []
         for name, group in self.plan.groups.items():
             module = group.modules[0]
-            handles.append(module.register_forward_pre_hook(self._check_input(name)))
+            if need_G:  # without G no BackPACK runs, so any input shape is fine
+                handles.append(module.register_forward_pre_hook(self._check_input(name)))
             handles.append(module.register_forward_hook(self._record(name, accs)))
         ext: Any = None
         sampler: SeededLossExtension | None = None

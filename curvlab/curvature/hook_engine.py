@@ -53,8 +53,8 @@ from curvlab.curvature.block_plan import BlockPlan, ParamCoverage, plan_blocks
 from curvlab.curvature.factor_engine import (
     BIAS_LAYOUTS,
     FactorCapture,
-    check_choice,
     check_capture_options,
+    check_choice,
 )
 from curvlab.curvature.kronecker_factors import KroneckerAccumulator
 from curvlab.curvature.loss_curvature import (

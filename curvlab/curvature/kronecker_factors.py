@@ -156,9 +156,9 @@ class KroneckerAccumulator:
 
     # ----------------------------------------------------------- backward side
     def add_column(self, grads: list[Tensor | None], weight: float = 1.0) -> None:
-        """Add one back-propagated column: ``grads[u]`` = output vector of use ``u`` (``None``: zero).
+        r"""Add one back-propagated column: ``grads[u]`` = output vector of use ``u`` (``None``: zero).
 
-        Expand adds :math:`w \\sum_{u,n,r} g g^\\top`; reduce sums over
+        Expand adds :math:`w \sum_{u,n,r} g g^\top`; reduce sums over
         positions and uses per sample first.
         """
         with torch.no_grad():

@@ -16,14 +16,15 @@ outputs. With the reduced loss :math:`L = c \sum_\tau \ell_\tau(f_\tau, y_\tau)`
 Per loss (:math:`\ell` read as a negative log-likelihood, as kfac-pytorch and
 curvlinops do):
 
-========================  =====================  ==========================  ================================
-loss                      terms :math:`\tau`     exact column (per term)     MC sample :math:`\partial\ell/\partial f` at :math:`\hat y`
-========================  =====================  ==========================  ================================
-``MSELoss``               every entry of f       :math:`\sqrt{2c}\, e_k`     :math:`\hat y \sim \mathcal N(f, \tfrac12)`: :math:`\sqrt{2c}\,\varepsilon`
-``CrossEntropyLoss``      every position         :math:`\sqrt{c\,p_k}\,(e_k - p)` :math:`\hat y \sim \mathrm{Cat}(p)`: :math:`\sqrt c\,(p - e_{\hat y})`
-                          (class dim 1)
-``BCEWithLogitsLoss``     every entry of f       :math:`\sqrt{c\,\sigma(1-\sigma)}\, e_k` :math:`\hat y \sim \mathrm{Bernoulli}(\sigma)`: :math:`\sqrt c\,(\sigma - \hat y)`
-========================  =====================  ==========================  ================================
+* ``MSELoss``: terms are the entries of :math:`f`; exact column
+  :math:`\sqrt{2c}\, e_k`; MC: :math:`\hat y \sim \mathcal N(f, \tfrac12)`, so
+  :math:`v = \sqrt{2c}\,\varepsilon` with :math:`\varepsilon \sim \mathcal N(0, I)`;
+* ``CrossEntropyLoss``: terms are the positions (classes in dimension 1);
+  exact columns :math:`\sqrt{c\,p_k}\,(e_k - p)`; MC:
+  :math:`\hat y \sim \mathrm{Cat}(p)`, :math:`v = \sqrt c\,(p - e_{\hat y})`;
+* ``BCEWithLogitsLoss``: terms are the entries; exact column
+  :math:`\sqrt{c\,\sigma_k(1-\sigma_k)}\, e_k`; MC:
+  :math:`\hat y \sim \mathrm{Bernoulli}(\sigma)`, :math:`v = \sqrt c\,(\sigma - \hat y)`
 
 (:math:`p = \operatorname{softmax} f`; for CE
 :math:`(\operatorname{diag}\sqrt p - p\sqrt p^\top)(\cdot)^\top = \operatorname{diag} p - p p^\top`.)
@@ -105,7 +106,7 @@ def _check_outputs(loss_fn: nn.Module, f: Tensor) -> None:
 
 
 def reduction_scale(loss_fn: nn.Module, f: Tensor) -> float:
-    """The factor :math:`c` in :math:`L = c\\sum_\\tau \\ell_\\tau` (1 for ``"sum"``).
+    r"""The factor :math:`c` in :math:`L = c\sum_\tau \ell_\tau` (1 for ``"sum"``).
 
     ``"mean"`` divides by the number of terms: ``f.numel()`` for MSE/BCE,
     ``f.numel() / C`` for CE (class dimension 1).
@@ -133,7 +134,7 @@ def num_exact_columns(loss_fn: nn.Module, f: Tensor) -> int:
 
 
 def exact_columns(loss_fn: nn.Module, f: Tensor) -> Iterator[Tensor]:
-    r"""Columns :math:`v_k` (shaped like ``f``) with :math:`\sum_k v_k v_k^\top = c\nabla^2_f L/c`.
+    r"""Columns :math:`v_k` (shaped like ``f``) with :math:`\sum_k v_k v_k^\top = c\,\nabla^2_f \sum_\tau \ell_\tau`.
 
     Yields :func:`num_exact_columns` tensors; column ``k`` is non-zero only at
     entry ``k`` of every row (MSE/BCE), or at position ``k mod P`` of every row
@@ -145,7 +146,7 @@ def exact_columns(loss_fn: nn.Module, f: Tensor) -> Iterator[Tensor]:
 
     Example:
         >>> cols = list(exact_columns(nn.MSELoss(reduction="sum"), torch.zeros(2, 2)))
-        >>> sum(v.reshape(-1, 1) @ v.reshape(1, -1) for v in cols).diagonal()
+        >>> sum(v.reshape(-1, 1) @ v.reshape(1, -1) for v in cols).diagonal().round(decimals=6)
         tensor([2., 2., 2., 2.])
     """
     c = reduction_scale(loss_fn, f)

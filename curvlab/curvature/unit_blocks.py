@@ -97,7 +97,7 @@ class UnitAccumulator:
         >>> acc.add_input(ln, torch.tensor([[1.0, 3.0]]))
         0
         >>> acc.add_column([torch.tensor([[1.0, 1.0]])])
-        >>> acc.result().unit.tolist()  # x̂ = (-1, 1): u = (x̂·g, g) per unit
+        >>> acc.result().unit.round(decimals=3).tolist()  # x̂ ≈ (-1, 1): u = (x̂·g, g) per unit
         [[[1.0, -1.0], [-1.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]]
     """
 
@@ -115,7 +115,7 @@ class UnitAccumulator:
         return len(self.xhat)
 
     def add_input(self, module: nn.Module, x: Tensor) -> int:
-        """Record :math:`\\hat x` of one call; returns the index of this use.
+        r"""Record :math:`\hat x` of one call; returns the index of this use.
 
         Raises:
             ValueError: a batch size different from an earlier call.
