@@ -31,7 +31,8 @@ converted to the engine convention of :mod:`~curvlab.curvature.layer_factors`:
 capture time, with a message pointing to ``engine="hooks"``: ``"empirical"``
 (BackPACK has no such K-FAC extension), ``kfac_approx="expand"`` on a
 ``Conv2d`` (see above), and a ``Linear`` input that is not 2-D (checked in a forward pre-hook, before
-BackPACK sees it).
+BackPACK sees it), and ``CrossEntropyLoss`` targets equal to ``ignore_index``
+(BackPACK's square root counts those terms).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from curvlab.curvature.factor_engine import (
 )
 from curvlab.curvature.kronecker_factors import KroneckerAccumulator
 from curvlab.curvature.layer_factors import LayerFactors
-from curvlab.curvature.loss_curvature import check_loss_module
+from curvlab.curvature.loss_curvature import check_loss_module, term_mask
 from curvlab_plugins.kfac.backpack_bce import HBPSoftBCEWithLogitsLoss
 from curvlab_plugins.kfac.hooks import BackpackHooks
 from curvlab_plugins.kfac.seeded import SeededLossExtension
@@ -215,6 +216,7 @@ class BackpackEngine:
         ext: Any = None
         sampler: SeededLossExtension | None = None
         if need_G:
+            handles.append(self.loss_fn.register_forward_pre_hook(self._check_targets))
             ext = BackpackKFAC(mc_samples=mc_samples) if fisher_type == "mc" else KFLR()
             sampler = SeededLossExtension(self._inner(), self.seed)
             sampler.state = self._rng_state
@@ -258,6 +260,13 @@ class BackpackEngine:
         if sampler is not None and sampler.state is not None and fisher_type == "mc":
             self._rng_state = sampler.state
         result.rng_state = self._rng_state
+
+    def _check_targets(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if len(args) > 1 and isinstance(args[1], Tensor) and term_mask(module, args[0], args[1]) is not None:
+            raise ValueError(
+                f"{self.who}: CrossEntropyLoss targets equal to ignore_index={module.ignore_index}: "
+                "BackPACK's factors would count those terms; use engine='hooks'"
+            )
 
     def _check_input(self, name: str):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:

@@ -262,7 +262,8 @@ class _Run:
         f = args[0]
         if not f.requires_grad:
             raise ValueError(f"{self.engine.who}: the loss input does not require grad; run the closure with autograd on")
-        self.scale = reduction_scale(module, f)
+        targets = args[1] if len(args) > 1 and isinstance(args[1], Tensor) else None
+        self.scale = reduction_scale(module, f, targets)
         if self.fisher_type == "empirical":
             def root(g: Tensor) -> None:
                 self.root_grad = g.detach()
@@ -278,10 +279,10 @@ class _Run:
                     f"{tuple(f.shape)}); the limit max_exact_columns is "
                     f"{self.engine.max_exact_columns}; use fisher_type='mc'"
                 )
-            vectors = exact_columns(module, f)
+            vectors = exact_columns(module, f, targets)
         else:
             gen = self.engine._generator(f.device)
-            vectors = mc_samples(module, f, gen, self.samples)
+            vectors = mc_samples(module, f, gen, self.samples, targets)
         if not self.edges:
             return
         inputs = [e for _, _, e, _ in self.edges]

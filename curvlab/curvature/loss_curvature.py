@@ -57,6 +57,7 @@ __all__ = [
     "mc_samples",
     "num_exact_columns",
     "reduction_scale",
+    "term_mask",
 ]
 
 LOSSES: tuple[type[nn.Module], ...] = (nn.MSELoss, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss)
@@ -105,20 +106,51 @@ def _check_outputs(loss_fn: nn.Module, f: Tensor) -> None:
         )
 
 
-def reduction_scale(loss_fn: nn.Module, f: Tensor) -> float:
+def term_mask(loss_fn: nn.Module, f: Tensor, targets: Tensor | None) -> Tensor | None:
+    """Which CE terms count: ``targets != ignore_index`` for class-index targets (else ``None``).
+
+    ``CrossEntropyLoss`` leaves out the terms whose target is ``ignore_index``
+    (padding tokens): they have no curvature and do not count in the mean.
+
+    Example:
+        >>> term_mask(nn.CrossEntropyLoss(), torch.zeros(3, 2), torch.tensor([0, -100, 1]))
+        tensor([ True, False,  True])
+    """
+    if (
+        not isinstance(loss_fn, nn.CrossEntropyLoss) or targets is None
+        or targets.is_floating_point() or targets.shape != f.shape[:1] + f.shape[2:]
+    ):
+        return None
+    keep = targets != loss_fn.ignore_index
+    return None if bool(keep.all()) else keep
+
+
+def reduction_scale(loss_fn: nn.Module, f: Tensor, targets: Tensor | None = None) -> float:
     r"""The factor :math:`c` in :math:`L = c\sum_\tau \ell_\tau` (1 for ``"sum"``).
 
     ``"mean"`` divides by the number of terms: ``f.numel()`` for MSE/BCE,
-    ``f.numel() / C`` for CE (class dimension 1).
+    ``f.numel() / C`` for CE (class dimension 1), less the terms whose
+    target is ``ignore_index`` when ``targets`` are given (:func:`term_mask`).
+
+    Raises:
+        ValueError: every CE target is ``ignore_index`` with ``"mean"`` (torch returns NaN).
 
     Example:
         >>> reduction_scale(nn.CrossEntropyLoss(), torch.zeros(4, 3, 5))
         0.05
+        >>> reduction_scale(nn.CrossEntropyLoss(), torch.zeros(3, 2), torch.tensor([0, -100, 1]))
+        0.5
     """
     _check_outputs(loss_fn, f)
     if loss_fn.reduction == "sum":
         return 1.0
-    terms = f.numel() // f.shape[1] if isinstance(loss_fn, nn.CrossEntropyLoss) else f.numel()
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        mask = term_mask(loss_fn, f, targets)
+        terms = f.numel() // f.shape[1] if mask is None else int(mask.sum())
+        if terms == 0:
+            raise ValueError("CrossEntropyLoss: every target is ignore_index; the mean loss is NaN")
+    else:
+        terms = f.numel()
     return 1.0 / terms
 
 
@@ -133,7 +165,7 @@ def num_exact_columns(loss_fn: nn.Module, f: Tensor) -> int:
     return f[0].numel()
 
 
-def exact_columns(loss_fn: nn.Module, f: Tensor) -> Iterator[Tensor]:
+def exact_columns(loss_fn: nn.Module, f: Tensor, targets: Tensor | None = None) -> Iterator[Tensor]:
     r"""Columns :math:`v_k` (shaped like ``f``) with :math:`\sum_k v_k v_k^\top = c\,\nabla^2_f \sum_\tau \ell_\tau`.
 
     Yields :func:`num_exact_columns` tensors; column ``k`` is non-zero only at
@@ -143,18 +175,23 @@ def exact_columns(loss_fn: nn.Module, f: Tensor) -> Iterator[Tensor]:
     Args:
         loss_fn: A checked loss module (:func:`check_loss_module`).
         f: The loss input (detached values suffice).
+        targets: The loss's targets; only used to drop CE terms whose target
+            is ``ignore_index`` (:func:`term_mask`).
 
     Example:
         >>> cols = list(exact_columns(nn.MSELoss(reduction="sum"), torch.zeros(2, 2)))
         >>> sum(v.reshape(-1, 1) @ v.reshape(1, -1) for v in cols).diagonal().round(decimals=6)
         tensor([2., 2., 2., 2.])
     """
-    c = reduction_scale(loss_fn, f)
+    c = reduction_scale(loss_fn, f, targets)
+    mask = term_mask(loss_fn, f, targets)
     f = f.detach()
     n = f.shape[0]
     if isinstance(loss_fn, nn.CrossEntropyLoss):
         classes = f.shape[1]
         p = f.softmax(dim=1)
+        if mask is not None:
+            p = p * mask.unsqueeze(1)
         flat = p.reshape(n, classes, -1)  # (n, C, P)
         positions = flat.shape[2]
         for j in range(classes):
@@ -178,7 +215,8 @@ def exact_columns(loss_fn: nn.Module, f: Tensor) -> Iterator[Tensor]:
 
 
 def mc_samples(
-    loss_fn: nn.Module, f: Tensor, generator: torch.Generator, samples: int = 1
+    loss_fn: nn.Module, f: Tensor, generator: torch.Generator, samples: int = 1,
+    targets: Tensor | None = None,
 ) -> Iterator[Tensor]:
     r"""Monte-Carlo vectors :math:`v_m/\sqrt M` with :math:`\mathbb E[\sum_m v_m v_m^\top]/M = c\nabla^2_f \sum_\tau\ell_\tau`.
 
@@ -192,6 +230,7 @@ def mc_samples(
         f: The loss input.
         generator: Private generator on ``f``'s device.
         samples: :math:`M \ge 1`.
+        targets: Only used to drop CE terms whose target is ``ignore_index``.
 
     Raises:
         ValueError: ``samples < 1``.
@@ -204,7 +243,8 @@ def mc_samples(
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    c = reduction_scale(loss_fn, f)
+    c = reduction_scale(loss_fn, f, targets)
+    mask = term_mask(loss_fn, f, targets)
     f = f.detach()
     scale = math.sqrt(c / samples)
     for _ in range(samples):
@@ -217,6 +257,8 @@ def mc_samples(
             idx = torch.multinomial(flat, 1, generator=generator).squeeze(1)
             onehot = torch.zeros_like(flat).scatter_(1, idx[:, None], 1.0)
             v = (flat - onehot).reshape(*p.movedim(1, -1).shape).movedim(-1, 1)
+            if mask is not None:
+                v = v * mask.unsqueeze(1)
             yield v.mul_(scale)
         else:
             s = torch.sigmoid(f)

@@ -169,6 +169,25 @@ def test_empirical_equals_dense_empirical_fisher_and_ignores_closure_scale(loss,
     torch.testing.assert_close(cap.factors["0"].G, f.G, rtol=1e-12, atol=0.0)
 
 
+@pytest.mark.parametrize("fisher_type", ["exact", "empirical"])
+def test_ignored_targets_drop_out_of_G_and_the_mean(fisher_type):
+    """CE terms with target ignore_index: no curvature, and not counted in the mean's c."""
+    torch.manual_seed(0)
+    model = mlp()
+    x, y = batch("mlp", "ce")
+    y[[1, 4]] = -100
+    keep = y != -100
+    engine = HookEngine(model, nn.CrossEntropyLoss())
+    full = run(engine, model, engine.loss_fn, x, y, fisher_type=fisher_type).factors
+    engine = HookEngine(model, nn.CrossEntropyLoss(reduction="sum"))
+    valid = run(engine, model, engine.loss_fn, x[keep], y[keep], fisher_type=fisher_type).factors
+    for name in full:
+        torch.testing.assert_close(full[name].G, valid[name].G / int(keep.sum()), rtol=1e-12, atol=1e-15)
+    bp = BackpackEngine(model, nn.CrossEntropyLoss())
+    with pytest.raises(ValueError, match="ignore_index=-100.*engine='hooks'"):
+        run(bp, model, bp.loss_fn, x, y)
+
+
 # ------------------------------------------------------------------- errors
 def test_errors_name_the_problem():
     torch.manual_seed(0)
