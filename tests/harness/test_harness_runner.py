@@ -8,13 +8,14 @@ import torch
 import curvlab
 from curvlab.harness.config import RunConfig
 from curvlab.harness.metrics import mean_std, summarize, time_to_target
-from curvlab.harness.runner import CurvePoint, RunResult, execute
+from curvlab.harness.results import CurvePoint, RunMetrics, RunResult
+from curvlab.harness.runner import execute
 from curvlab_plugins.baselines import SGD
 
 
 def test_step_budget_and_eval_points():
     r = execute(RunConfig("quadratic", "sgd", {"lr": 0.1}, seed=0, steps=20, eval_every=7))
-    assert r.status == "done" and r.stop_reason == "steps" and r.metrics["steps"] == 20
+    assert r.status == "done" and r.stop_reason == "steps" and r.metrics.steps == 20
     evals = [p.step for p in r.curve if p.kind == "eval"]
     assert evals == [0, 7, 14, 20]
     batch = [p for p in r.curve if p.kind == "batch"]
@@ -24,14 +25,14 @@ def test_step_budget_and_eval_points():
 
 def test_time_budget():
     r = execute(RunConfig("quadratic", "sgd", {"lr": 0.1}, seed=0, steps=None, seconds=0.05))
-    assert r.stop_reason == "seconds" and r.metrics["train_time"] >= 0.05
+    assert r.stop_reason == "seconds" and r.metrics.train_time >= 0.05
 
 
 def test_divergence_is_a_result():
     r = execute(RunConfig("quadratic", "sgd", {"lr": 50.0}, seed=0, steps=200, eval_every=10))
     assert r.status == "done" and r.stop_reason == "diverged"
-    assert r.metrics["diverged"] and r.metrics["steps"] < 200
-    assert r.metrics["final_loss"] == math.inf
+    assert r.metrics.diverged and r.metrics.steps < 200
+    assert r.metrics.final_loss == math.inf
 
 
 def test_failing_optimizer_is_recorded_not_raised():
@@ -51,8 +52,8 @@ def test_failing_optimizer_is_recorded_not_raised():
 
 def test_second_order_like_convergence_on_quadratic():
     r = execute(RunConfig("quadratic", "adam", {"lr": 0.05}, seed=0, steps=300, eval_every=50))
-    assert r.metrics["final_loss"] < r.metrics["initial_loss"] / 10
-    assert r.metrics["optimum"] is not None and r.metrics["best_loss"] >= r.metrics["optimum"] - 1e-6
+    assert r.metrics.final_loss < r.metrics.initial_loss / 10
+    assert r.metrics.optimum is not None and r.metrics.best_loss >= r.metrics.optimum - 1e-6
 
 
 def test_float64_run_and_deterministic_repeat():
@@ -76,8 +77,7 @@ def test_time_to_target(losses, target, expected):
 
 def test_summary_ratio_and_mean_std():
     def res(loss, st):
-        return RunResult("k", "done", "steps", {"final_loss": loss, "step_time": st,
-                                                 "diverged": False}, {}, [])
+        return RunResult("k", "done", "steps", RunMetrics(final_loss=loss, step_time=st), {}, [])
 
     rows = summarize({"sgd": [({}, res(1.0, 0.001)), ({}, res(3.0, 0.001))],
                       "x": [({}, res(0.5, 0.004))]}, target=0.1)
