@@ -28,7 +28,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from curvlab.harness.settings import DEFAULT_REPORT, DEFAULT_STORE, declared_settings
 
@@ -53,6 +53,13 @@ EXIT_BROKEN_PIPE = 141
 
 class _CliError(ValueError):
     """Bad command-line input found by the CLI itself (reported as one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other input error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"curvlab: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -129,10 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     from curvlab.harness.profiles import DEFAULT_TAUS, MEASURES
 
     fmt = argparse.RawDescriptionHelpFormatter
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="print the traceback of an error too")
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="curvlab", formatter_class=fmt, epilog=EXAMPLES, parents=[common],
         description="Second-order optimizers for PyTorch: list, describe and compare them.",
     )

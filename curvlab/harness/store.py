@@ -188,8 +188,10 @@ class Store:
         except sqlite3.Error as err:
             raise StoreError(f"results store {where!r} is damaged: {err}") from None
         if problems != ["ok"]:
-            extra = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise StoreError(f"results store {where!r} is damaged: {problems[0]}{extra}")
+            lines = [ln.strip() for p in problems for ln in str(p).splitlines()
+                     if ln.strip() and not ln.startswith("***")] or [str(problems[0])]
+            extra = f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""
+            raise StoreError(f"results store {where!r} is damaged: {lines[0]}{extra}")
         if app_id == APPLICATION_ID and fmt > STORE_FORMAT:
             raise StoreError(f"results store {where!r} has format {fmt}, written by a newer "
                              f"curvlab; this one reads formats up to {STORE_FORMAT}")
