@@ -321,7 +321,8 @@ def ablate(
             the schema's ``grid``, else its ``choices``, else ``True/False``
             for booleans.
         hparams: Other fixed hyper-parameters (typed or text), not ``hparam``.
-        settings, **options: As in :func:`compare`.
+        settings: As in :func:`compare`.
+        **options: As in :func:`compare`.
 
     Returns:
         A :class:`Comparison` whose labels are ``"<optimizer> <hparam>=<value>"``
