@@ -119,7 +119,7 @@ def grid_failures(comp: Any) -> dict[str, tuple[int, list[str]]]:
         why = ""
         if res.status != "done":
             why = f"error ({str(res.error).splitlines()[0][:80]})" if res.error else "error"
-        elif res.metrics.get("diverged"):
+        elif res.failed:
             why = "diverged"
         out[rec["label"]] = (n + 1, bad + ([f"{where}: {why}"] if why else []))
     return out

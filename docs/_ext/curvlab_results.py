@@ -71,10 +71,10 @@ class ResultSet:
     store_path: Path
 
     def open(self) -> Any:
-        """The :class:`curvlab.harness.Store` (read it, then ``close()``)."""
+        """The :class:`curvlab.harness.Store`, read-only (the committed file is never changed)."""
         from curvlab.harness import Store
 
-        return Store(self.store_path)
+        return Store(self.store_path, readonly=True)
 
     def comparisons(self, store: Any) -> list[tuple[dict[str, Any], Any]]:
         """``(manifest entry, Comparison)`` for every comparison the manifest lists."""

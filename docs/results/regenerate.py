@@ -164,11 +164,21 @@ def versions() -> dict[str, str]:
     return out
 
 
+def same_code(start: dict[str, str]) -> dict[str, str]:
+    """The versions the runs started with; says so when the checkout changed meanwhile."""
+    end = versions()
+    if end.get("git") != start.get("git"):
+        print(f"warning: the checkout changed during the runs ({start.get('git')} -> "
+              f"{end.get('git')})", file=sys.stderr)
+        return {**start, "git": f"{start.get('git')} -> {end.get('git')} (changed during the runs)"}
+    return start
+
+
 def compact(scratch: Path, target: Path, names: list[str]) -> None:
     """Copy the runs of comparisons ``names`` into a fresh store, evaluation points only."""
     from curvlab.harness import Store
 
-    src = Store(scratch)
+    src = Store(scratch, readonly=True)
     if target.exists():
         target.unlink()
     dst = Store(target)
@@ -195,7 +205,7 @@ def regenerate(name: str, jobs: int, resume: bool) -> Path:
     if scratch.exists() and not resume:
         scratch.unlink()  # a fresh store: no run from older code is reused
     started = dt.datetime.now(dt.timezone.utc)
-    before = machine()
+    before, code = machine(), versions()
     comparisons = []
     for comp in spec["comparisons"]:
         cmd = command(comp["args"], scratch, comp["name"], jobs)
@@ -219,7 +229,7 @@ def regenerate(name: str, jobs: int, resume: bool) -> Path:
         "date": started.strftime("%Y-%m-%d"),
         "machine": {**before, "load_average_1min_after": after["load_average_1min"],
                     "threads_per_run": 1},
-        "versions": versions(),
+        "versions": same_code(code),
         "comparisons": comparisons,
         "profiles": spec.get("profiles", []),
     }
@@ -234,7 +244,7 @@ def benchmark(name: str) -> Path:
     cmd = ["python", spec["script"], *spec["args"], "--csv", str(HERE / f"{name}.csv")]
     print("+", display(cmd), flush=True)
     started = dt.datetime.now(dt.timezone.utc)
-    before = machine()
+    before, code = machine(), versions()
     subprocess.run([sys.executable, *cmd[1:]], check=True, cwd=ROOT)
     manifest = {
         "kind": "benchmark",
@@ -245,7 +255,7 @@ def benchmark(name: str) -> Path:
         "date": started.strftime("%Y-%m-%d"),
         "machine": {**before, "load_average_1min_after": machine()["load_average_1min"],
                     "threads_per_run": 1},
-        "versions": versions(),
+        "versions": same_code(code),
     }
     path = HERE / f"{name}.json"
     path.write_text(json.dumps(manifest, indent=2) + "\n")
