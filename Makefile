@@ -53,7 +53,7 @@ $(DOCS_ASSETS): docs/package.json docs/package-lock.json
 docs-browser: docs
 	CURVLAB_DOCS_HTML=docs/_build/html $(PY) -m pytest -q -m slow -p no:cacheprovider tests/test_docs_browser.py
 
-## Re-run what the docs' Results and Choosing pages are drawn from (docs/results/; ~30 min on 2 cores).
+## Re-run what the docs' Results and Choosing pages are drawn from (docs/results/; ~20-40 min on 2 cores).
 results: env
 	$(PY) docs/results/regenerate.py
 

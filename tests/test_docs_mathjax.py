@@ -11,6 +11,7 @@ sys.path.insert(0, str(ROOT / "docs" / "_ext"))
 sphinx_application = pytest.importorskip("sphinx.application", reason="sphinx is not installed")
 import curvlab_mathjax  # noqa: E402
 from sphinx.errors import ConfigError  # noqa: E402
+from sphinx.util.docutils import docutils_namespace  # noqa: E402
 
 PAGE = "Maths\n=====\n\nInline :math:`a^2 + b^2` and display\n\n.. math::\n\n   e^{i\\pi} = -1\n"
 
@@ -43,9 +44,10 @@ def build(tmp_path: Path, mathjax_dir: Path | None) -> Path:
         conf.append(f"curvlab_mathjax_dir = {str(mathjax_dir)!r}")
     (src / "conf.py").write_text("\n".join(conf) + "\n")
     (src / "index.rst").write_text(PAGE)
-    app = sphinx_application.Sphinx(str(src), str(src), str(out), str(tmp_path / "doctrees"),
-                                     "html", status=None, warning=None, freshenv=True)
-    app.build()
+    with docutils_namespace():  # this process may have run other Sphinx apps
+        app = sphinx_application.Sphinx(str(src), str(src), str(out), str(tmp_path / "doctrees"),
+                                         "html", status=None, warning=None, freshenv=True)
+        app.build()
     return out
 
 

@@ -17,6 +17,7 @@ sphinx_application = pytest.importorskip("sphinx.application", reason="sphinx is
 import curvlab_choosing  # noqa: E402
 import curvlab_results  # noqa: E402
 import regenerate  # noqa: E402
+from sphinx.util.docutils import docutils_namespace  # noqa: E402
 
 from curvlab.harness import Store, compare  # noqa: E402
 
@@ -103,9 +104,10 @@ def build(tmp_path, results_dir, pages=None):
                                      "Step time\n---------\n\n.. curvlab-step-time:: step_time\n")
     (src / "choosing.rst").write_text(CHOOSING)
     warnings = StringIO()
-    app = sphinx_application.Sphinx(str(src), str(src), str(out), str(tmp_path / "doctrees"),
-                                     "html", status=None, warning=warnings, freshenv=True)
-    app.build()
+    with docutils_namespace():  # this process may have run other Sphinx apps
+        app = sphinx_application.Sphinx(str(src), str(src), str(out), str(tmp_path / "doctrees"),
+                                         "html", status=None, warning=warnings, freshenv=True)
+        app.build()
     return out, warnings.getvalue()
 
 

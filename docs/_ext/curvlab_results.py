@@ -146,6 +146,7 @@ def provenance(manifest: dict[str, Any]) -> dict[str, str]:
     if m.get("threads_per_run"):
         machine += f", {m['threads_per_run']} thread(s) per run"
     v = dict(manifest.get("versions", {}))
+    v.pop("code", None)  # git tree ids of the code folders: for regenerate.py's own check
     head = f"curvlab {v.pop('curvlab', '?')}"
     if "git" in v:
         head += f" (git {v.pop('git')})"
@@ -164,7 +165,7 @@ def stamp(png: Path, lines: list[str], width: int = 150) -> None:
     img = mpimg.imread(png)
     h, w = img.shape[:2]
     dpi = 100
-    chars = max(40, min(width, int(w / 5.2)))
+    chars = max(40, min(width, int(w / 6.3)))  # 7 pt monospace ≈ 5.8 px a character
     text = "\n".join(wrapped for line in lines for wrapped in textwrap.wrap(line, chars))
     foot = 11 * (text.count("\n") + 1) + 10
     fig = plt.figure(figsize=(w / dpi, (h + foot) / dpi), dpi=dpi)

@@ -109,6 +109,8 @@ BENCHMARKS: dict[str, dict] = {
                  "--optimizers", "all", "--block", "100", "--rounds", "3"],
     },
 }
+#: The folders whose content the results depend on (their git trees identify the code).
+CODE = ("curvlab", "plugins", "benchmarks")
 VERSIONED = ("torch", "numpy", "scipy", "backpack-for-pytorch", "pytorch-optimizer", "matplotlib")
 
 
@@ -152,8 +154,11 @@ def versions() -> dict[str, str]:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"],
                               capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--",
-                                "curvlab", "plugins"], capture_output=True, text=True).stdout
+                                *CODE], capture_output=True, text=True).stdout
         out["git"] = head + ("+local changes" if dirty.strip() else "")
+        trees = subprocess.run(["git", "-C", str(ROOT), "rev-parse", *(f"HEAD:{c}" for c in CODE)],
+                               capture_output=True, text=True, check=True).stdout.split()
+        out["code"] = ".".join(t[:8] for t in trees) + ("+local" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         pass
     for dist in VERSIONED:
@@ -165,12 +170,12 @@ def versions() -> dict[str, str]:
 
 
 def same_code(start: dict[str, str]) -> dict[str, str]:
-    """The versions the runs started with; says so when the checkout changed meanwhile."""
+    """The versions the runs started with; says so when the code changed meanwhile."""
     end = versions()
-    if end.get("git") != start.get("git"):
-        print(f"warning: the checkout changed during the runs ({start.get('git')} -> "
+    if end.get("code") != start.get("code"):
+        print(f"warning: the code changed during the runs ({start.get('git')} -> "
               f"{end.get('git')})", file=sys.stderr)
-        return {**start, "git": f"{start.get('git')} -> {end.get('git')} (changed during the runs)"}
+        return {**start, "git": f"{start.get('git')} -> {end.get('git')} (code changed during the runs)"}
     return start
 
 
