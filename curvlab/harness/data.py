@@ -461,7 +461,7 @@ def data_listing(data_dir: str | Path | None = None, *, environ: Mapping[str, st
         command that gets it.
 
     Example:
-        >>> print(data_listing(checksums=False).splitlines()[-3])
+        >>> print(data_listing(checksums=False).splitlines()[-2])
         synthetic      built-in  generated
     """
     out = []
