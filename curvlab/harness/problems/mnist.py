@@ -166,8 +166,9 @@ def load_mnist(data_dir: str | Path | None, dataset: str = "mnist") -> tuple[np.
 def standardise(data: Dataset) -> Dataset:
     """``x ↦ (x − μ)/σ`` on every split, ``μ, σ`` = mean and std of all training inputs.
 
-    Statistics in float64; ``σ = 0`` is replaced by 1. Records
-    ``meta["standardise"] = {"mean": μ, "std": σ}``.
+    The statistics are accumulated in float64 (``μ = Σx/n``, ``σ² = Σx²/n − μ²``,
+    no float64 copy of the data); ``σ = 0`` is replaced by 1. The transform
+    runs in the inputs' dtype. Records ``meta["standardise"] = {"mean": μ, "std": σ}``.
 
     Example:
         >>> d = Dataset(torch.tensor([[0.0], [2.0]]), torch.zeros(2), torch.tensor([[4.0]]), torch.zeros(1))
@@ -175,12 +176,15 @@ def standardise(data: Dataset) -> Dataset:
         >>> s.x_train.flatten().tolist(), s.x_test.flatten().tolist()
         ([-1.0, 1.0], [3.0])
     """
-    x = data.x_train.double()
-    mu, sigma = float(x.mean()), float(x.std(unbiased=False))
+    x = data.x_train
+    n = x.numel()
+    mu = float(x.sum(dtype=torch.float64)) / n
+    second = float(torch.linalg.vector_norm(x, dtype=torch.float64)) ** 2 / n
+    sigma = max(second - mu * mu, 0.0) ** 0.5
     sigma = sigma if sigma > 0 else 1.0
 
     def f(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else ((t.double() - mu) / sigma).to(t.dtype)
+        return None if t is None else t.sub(mu).div_(sigma)
 
     meta = {**data.meta, "standardise": {"mean": mu, "std": sigma}}
     return Dataset(f(data.x_train), data.y_train, f(data.x_test), data.y_test,
@@ -225,8 +229,8 @@ class IDXImageProblem(Problem):
             xtr, ytr, xte, yte = xtr[:SMALL_TRAIN], ytr[:SMALL_TRAIN], xte[:SMALL_TEST], yte[:SMALL_TEST]
         shape: tuple[int, ...] = (1, 28, 28) if self.layout == "image" else (784,)
 
-        def images(a: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy((a.reshape(len(a), *shape) / 255.0).astype(np.float32))
+        def images(a: np.ndarray) -> torch.Tensor:  # uint8 (read-only, cached) -> new float32
+            return torch.from_numpy(a.reshape(len(a), *shape).astype(np.float32)).div_(255.0)
 
         x_train, x_test = images(xtr), images(xte)
         meta: dict[str, Any] = {"location": str(s.location.folder), "origin": s.location.origin}
