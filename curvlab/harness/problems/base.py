@@ -295,7 +295,7 @@ class Problem:
     small_batch_size: ClassVar[int | None] = None
     fresh_batch_size: int | None = None
     default_eval_size: ClassVar[int | None] = None
-    eval_batch_size: ClassVar[int] = 4096
+    eval_batch_size: ClassVar[int] = 1024
     validation_fraction: ClassVar[float] = 0.1
     validation_max: ClassVar[int] = 5000
     target_loss: ClassVar[float] = 0.0
