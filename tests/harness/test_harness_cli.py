@@ -148,6 +148,7 @@ def test_settings_from_the_command_line_reach_the_stored_comparison(tmp_path, ca
                  "--dtype", "float64", "--small", "--executor", "serial", "--name", "mine",
                  "--store", str(store), "--report", "none", "--hp", "sgd.lr=0.05"]) == 0
     assert "comparison mine stored in" in capsys.readouterr().out
+    from curvlab.harness.problems import load_problem
     from curvlab.harness.store import Store
 
     cid, spec = Store(store, readonly=True).comparison()
@@ -155,5 +156,5 @@ def test_settings_from_the_command_line_reach_the_stored_comparison(tmp_path, ca
     assert {k: spec[k] for k in ("steps", "seconds", "eval_every", "target", "seeds", "dtype",
                                  "problem_options", "hparams")} == {
         "steps": 7, "seconds": None, "eval_every": 7, "target": 1e9, "seeds": 2,
-        "dtype": "float64", "problem_options": {"small": True, "data_dir": None},
+        "dtype": "float64", "problem_options": load_problem("quadratic", small=True).options(),
         "hparams": {"sgd": {"lr": 0.05}}}
