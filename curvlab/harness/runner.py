@@ -168,7 +168,7 @@ def prepare(config: RunConfig) -> Setup:
     Example:
         >>> s = prepare(RunConfig("quadratic", "sgd", {"lr": 0.1}, seed=0, steps=5))
         >>> type(s.optimizer).__name__, s.data.n_train
-        ('SGD', 2048)
+        ('SGD', 1843)
     """
     device, dtype = config.device, getattr(torch, config.dtype)
     rss = _rss_mb()
