@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import curvlab
-from curvlab import NonFiniteStepWarning
+from curvlab import NonFiniteStepWarning, Skip, Step
 from curvlab_plugins.baselines import SGD
 
 
@@ -15,14 +15,14 @@ class SkipsInsideUpdate(SGD):
 
     name = "skipper"
 
-    def _update(self, closure, loss):
+    def _update(self, closure, evaluation):
         calls = self.curv_state.setdefault("calls", 0)
-        self.curv_state["calls"] = calls + 1
         if calls % 2:
-            self.curv_state["calls"] = calls  # leave state untouched
-            self.skip_step("synthetic non-finite curvature")
-            return
-        super()._update(closure, loss)
+            self.curv_state["calls"] = calls + 2  # (the state change is the test's own concern)
+            return Skip("synthetic non-finite curvature")
+        self.curv_state["calls"] = calls + 1
+        super()._update(closure, evaluation)
+        return Step(counts={"synthetic": 1}, values={"last": float(calls)})
 
 
 def test_skip_inside_update_is_counted_once():
@@ -33,6 +33,7 @@ def test_skip_inside_update_is_counted_once():
     with pytest.warns(NonFiniteStepWarning, match="synthetic"):
         opt.step(c)
     assert opt.stats["steps"] == 1 and opt.stats["skipped_steps"] == 1
+    assert opt.stats["synthetic"] == 1 and opt.stats["last"] == 0.0
 
 
 def test_float64_curvature_state_survives_round_trip_uncast():

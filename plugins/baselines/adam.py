@@ -6,8 +6,9 @@ import math
 
 import torch
 
+from curvlab.curvature.finite import all_finite
 from curvlab.hparams import HParam, Schema
-from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
+from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 
 __all__ = ["Adam"]
 
@@ -21,6 +22,9 @@ class Adam(CurvatureOptimizer):
     {\sqrt{v_t/(1-\beta_2^t)} + \epsilon}`.
     ``weight_decay`` adds :math:`w\theta` to :math:`g_t` (Adam) or, with
     ``decoupled=True``, shrinks :math:`\theta` by :math:`\alpha w` (AdamW).
+    The new moments and weights are computed out of place and committed only
+    if all are finite (an overflowing ``lr`` skips the step instead of
+    writing ``inf``). Sparse gradients are refused, as torch's Adam does.
 
     Example:
         >>> import torch, curvlab
@@ -50,7 +54,8 @@ class Adam(CurvatureOptimizer):
     )
 
     @torch.no_grad()
-    def _update(self, closure, loss) -> None:
+    def _update(self, closure, evaluation: Evaluation) -> Step | Skip:
+        commits = []
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
@@ -58,20 +63,29 @@ class Adam(CurvatureOptimizer):
                     continue
                 g = p.grad
                 state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+                step = state["step"] + 1 if state else torch.tensor(1.0)
+                m = state["exp_avg"] if state else torch.zeros_like(p)
+                v = state["exp_avg_sq"] if state else torch.zeros_like(p)
+                new = p
                 if wd != 0:
                     if group["decoupled"]:
-                        p.mul_(1 - lr * wd)
+                        new = p.mul(1 - lr * wd)
                     else:
                         g = g.add(p, alpha=wd)
-                state["step"] += 1
-                t = float(state["step"])
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                t = float(step)
+                m = m.lerp(g, 1 - b1)
+                v = v.mul(b2).addcmul_(g, g, value=1 - b2)
                 bc1, bc2 = 1 - b1**t, 1 - b2**t
                 denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
-                p.addcdiv_(m, denom, value=-lr / bc1)
+                size = lr / bc1
+                if abs(size) <= torch.finfo(p.dtype).max:
+                    new = new.addcdiv(m, denom, value=-size)
+                else:  # value= cannot hold it: the saturating product overflows to inf instead
+                    new = new - m * size / denom
+                commits.append((p, new, {"step": step, "exp_avg": m, "exp_avg_sq": v}))
+        if not all_finite([t for _, new, st in commits for t in (new, st["exp_avg_sq"])]):
+            return Skip("non-finite update (overflow of the Adam step)")
+        for p, new, st in commits:
+            p.copy_(new)
+            self.state[p].update(st)
+        return Step()

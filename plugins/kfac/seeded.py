@@ -14,10 +14,14 @@ be skipped) gives a NaN square root instead of a sampling error.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from backpack.extensions.module_extension import ModuleExtension
 from torch import Tensor
+
+from curvlab.curvature.finite import all_finite
+from curvlab.curvature.rng import device_keys, lend_rng
 
 __all__ = ["SeededLossExtension"]
 
@@ -30,8 +34,8 @@ class SeededLossExtension(ModuleExtension):
         seed: Seed used when :attr:`state` is ``None`` (first use).
 
     Attributes:
-        state: RNG state to start from (``None``: seed with ``seed``); after a
-            backward pass, the advanced state.
+        state: RNG states to start from, ``{device key: state}`` (``None``:
+            seed with ``seed``); after a backward pass, the advanced states.
 
     Example:
         >>> from backpack.extensions.secondorder.hbp.losses import HBPMSELoss
@@ -44,7 +48,7 @@ class SeededLossExtension(ModuleExtension):
         super().__init__()
         self.inner = inner
         self.seed = seed
-        self.state: Tensor | None = None
+        self.state: dict[str, Any] | None = None
 
     def check_hyperparameters_module_extension(self, ext, module, g_inp, g_out) -> None:
         """Delegate BackPACK's support check to the wrapped extension."""
@@ -53,22 +57,13 @@ class SeededLossExtension(ModuleExtension):
     def backpropagate(self, ext, module, g_inp, g_out, bpQuantities):
         """Run the wrapped extension's ``backpropagate`` with the private RNG state."""
         x = module.input0
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite([x]):
             rows = ext.get_num_mc_samples() if hasattr(ext, "get_num_mc_samples") else x.shape[1]
             return torch.full((rows, *x.shape), math.nan, dtype=x.dtype, device=x.device)
-        cuda = x.device.type == "cuda"
-        index = (x.device.index if x.device.index is not None else torch.cuda.current_device()) if cuda else None
-        with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):
-            if cuda:
-                if self.state is None:
-                    with torch.cuda.device(index):
-                        torch.cuda.manual_seed(self.seed)
-                else:
-                    torch.cuda.set_rng_state(self.state, index)
-            elif self.state is None:
-                torch.default_generator.manual_seed(self.seed)
-            else:
-                torch.set_rng_state(self.state)
+        state = self.state
+        if isinstance(state, Tensor):  # checkpoints of older versions: one generator state
+            state = {device_keys([x])[-1]: state}
+        with lend_rng(state, seed=self.seed, keys=device_keys([x])) as drawn:
             out = self.inner.backpropagate(ext, module, g_inp, g_out, bpQuantities)
-            self.state = torch.cuda.get_rng_state(index) if cuda else torch.get_rng_state()
+        self.state = drawn["state"]
         return out

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import curvlab
+from curvlab.curvature.rng import derive_seed
 from curvlab.optimizer import NonFiniteStepWarning
 from curvlab.testing.conformance import assert_state_equal
 
@@ -72,6 +73,8 @@ def test_same_trajectory_as_pytorch_optimizer(name):
             opt = curvlab.create(name, model, loss_fn, **hp)
         else:
             np.random.seed(torch.initial_seed() % 2**32)  # the bridge's NumPy stream (Kron)
+            if curvlab.info(name).cls.uses_torch_rng:  # the bridge's private torch stream
+                torch.manual_seed(derive_seed())
             opt = _library(name, model, hp)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.5)
         for x, y in batches:
@@ -220,7 +223,7 @@ def test_per_optimizer_hparam_cannot_differ_per_group():
     model = _mlp()
     groups = [{"params": model[0].parameters()},
               {"params": model[2].parameters(), "update_period": 3}]
-    with pytest.raises(ValueError, match="update_period is per optimizer"):
+    with pytest.raises(ValueError, match="update_period is optimizer-wide"):
         curvlab.create("sophiah", model, params=groups)
 
 
@@ -284,7 +287,15 @@ def test_muon_adamw_fallback_follows_the_schedule():
 
 
 # -------------------------------------------------------------- absence of the extra
-def test_missing_extra_makes_names_unavailable(monkeypatch):
+@pytest.fixture
+def refreshed():
+    """Entry points are cached: re-read them after faking the environment, and after undoing it."""
+    curvlab.refresh()
+    yield
+    curvlab.refresh()
+
+
+def test_missing_extra_makes_names_unavailable(monkeypatch, refreshed):
     real = md.distribution
 
     def fake(name):
@@ -293,6 +304,7 @@ def test_missing_extra_makes_names_unavailable(monkeypatch):
         return real(name)
 
     monkeypatch.setattr(md, "distribution", fake)
+    curvlab.refresh()
     names = curvlab.available()
     assert not set(NAMES) & set(names) and "sgd" in names
     assert all(curvlab.unavailable()[n] == ("pytorch-optimizer",) for n in NAMES)
