@@ -275,10 +275,11 @@ class GroupedNewton(CurvatureOptimizer):
                 out.append((p, p - d * (lr * step_size)))
         return out
 
-    def _predicted(self, tensors, eta: Tensor, lam: float) -> float:
+    def _predicted(self, tensors, eta: Tensor, lam: float, active: list[int] | None = None) -> float:
         r"""Model decrease ḡᵀe − ½eᵀH̄e − (λ/6)‖𝒟e‖³ at e_s = lr_s·η_s (order 2: no cubic term)."""
-        lr = torch.tensor([self.param_groups[self._group_of[idx[0]]]["lr"] if idx else 0.0
-                           for idx in self._subsets], dtype=torch.float64)
+        active = list(range(len(self._subsets))) if active is None else active
+        lr = torch.tensor([self.param_groups[self._group_of[self._subsets[i][0]]]["lr"]
+                           for i in active], dtype=torch.float64)
         e = lr * eta.to(torch.float64)
         pred = float(tensors.gbar @ e - 0.5 * e @ tensors.hbar @ e)
         if tensors.d is not None:
@@ -315,13 +316,23 @@ class GroupedNewton(CurvatureOptimizer):
             return float("-inf")
         return 1.0 if pred <= 0 else actual / pred
 
-    def _step_sizes(self, tensors, closure, dirs, loss0: float | None) -> StepSizes:
-        """Solve, clip, smooth and (safeguard) accept the step sizes (nothing is modified)."""
+    def _scatter(self, values: Tensor, active: list[int], fill: Tensor | None = None) -> Tensor:
+        """A length-S vector: ``values`` at the ``active`` subsets, ``fill`` (or 0) elsewhere."""
+        if len(active) == len(self._subsets):
+            return values
+        out = torch.zeros(len(self._subsets), dtype=values.dtype) if fill is None else fill.clone()
+        out[active] = values
+        return out
+
+    def _step_sizes(self, tensors, closure, dirs, loss0: float | None,
+                    active: list[int]) -> StepSizes:
+        """Solve, clip, smooth and (safeguard) accept the step sizes of the ``active`` subsets."""
         hp = self.optimizer_hparams
         cs = self.curv_state
         sigma0 = float(cs.get("reg_scale", 1.0))
         sigma = sigma0
         old = cs.get("eta")
+        old = None if old is None else old[active]
         beta = hp["eta_ema"]
         check = hp["safeguard"] and loss0 is not None and loss0 == loss0
         counts = {"solve_failures": 0}
@@ -332,8 +343,9 @@ class GroupedNewton(CurvatureOptimizer):
             eta = eta_new.clone() if old is None else beta * old + (1.0 - beta) * eta_new
             if not check:
                 return StepSizes(eta_raw, eta, sigma, counts=counts)
-            rho = self._trial_ratio(closure, self._candidate(dirs, eta), loss0,
-                                    self._predicted(tensors, eta, sigma * hp["lambda_int"]))
+            rho = self._trial_ratio(closure, self._candidate(dirs, self._scatter(eta, active)),
+                                    loss0,
+                                    self._predicted(tensors, eta, sigma * hp["lambda_int"], active))
             if rho >= RHO_MIN:
                 reg = max(1.0, sigma / REG_GROWTH) if rho >= RHO_GOOD else sigma
                 return StepSizes(eta_raw, eta, sigma, reg_scale=reg, counts=counts)
@@ -342,6 +354,20 @@ class GroupedNewton(CurvatureOptimizer):
             old = None  # the smoothed η belongs to older directions: retry without it
         counts["safeguard_failures"] = 1
         return StepSizes(eta_raw, torch.zeros_like(eta), sigma0, counts=counts)
+
+    def _full_tensors(self, tensors, sizes: StepSizes, active: list[int], t: int) -> dict[str, Any]:
+        """The tensors for ``curv_state`` over all S subsets (frozen subsets: zeros)."""
+        out = {"gbar": tensors.gbar, "hbar": tensors.hbar, "d": tensors.d,
+               "eta_raw": sizes.eta_raw, "step": t, "reg_scale": sizes.sigma}
+        if len(active) == len(self._subsets):
+            return out
+        S, idx = len(self._subsets), torch.tensor(active)
+        hbar = torch.zeros(S, S, dtype=torch.float64)
+        hbar[idx[:, None], idx[None, :]] = tensors.hbar
+        out.update(gbar=self._scatter(tensors.gbar, active), hbar=hbar,
+                   d=None if tensors.d is None else self._scatter(tensors.d_diag, active),
+                   eta_raw=self._scatter(sizes.eta_raw, active))
+        return out
 
     def _update(self, closure: Callable[..., Tensor] | None, evaluation: Evaluation) -> Step | Skip:
         hp = self.optimizer_hparams
@@ -358,22 +384,29 @@ class GroupedNewton(CurvatureOptimizer):
         updates: dict[str, Any] = {"step": t + 1, "direction_steps": int(cs.get("direction_steps", 0)) + 1}
         counts: dict[str, int] = {}
         if t % hp["period"] == 0:
+            # parameters frozen since construction (requires_grad=False) take no part
+            live = [k for k, p in enumerate(params) if p.requires_grad]
+            where = {k: n for n, k in enumerate(live)}
+            subsets = [[where[k] for k in idx if k in where] for idx in self._subsets]
+            active = [i for i, idx in enumerate(subsets) if idx]
+            if not active:
+                return Step()
             fresh = call_closure(closure, who=self.name, backward=False, fresh=True)
-            tensors = partition_tensors(fresh, params, u, self._subsets, order=hp["order"],
-                                        full=hp["full_third_order"])
+            tensors = partition_tensors(fresh, [params[k] for k in live], [u[k] for k in live],
+                                        [subsets[i] for i in active], order=hp["order"],
+                                        full=hp["full_third_order"] and len(active) == len(subsets))
             del fresh
             if not all_finite([tensors.gbar, tensors.hbar, tensors.d]):
                 return Skip("non-finite partition tensors")
             loss0 = None if loss is None else float(loss.detach())
-            sizes = self._step_sizes(tensors, closure, dirs, loss0)
+            sizes = self._step_sizes(tensors, closure, dirs, loss0, active)
             counts = {"tensor_computations": 1, **sizes.counts}
             if hp["clip_negative"]:
                 counts["clipped_step_sizes"] = int((sizes.eta_raw < 0).sum())
             if sizes.reg_scale is not None:
                 updates["reg_scale"] = sizes.reg_scale
-            updates["eta"] = sizes.eta
-            updates["tensors"] = {"gbar": tensors.gbar, "hbar": tensors.hbar, "d": tensors.d,
-                                  "eta_raw": sizes.eta_raw, "step": t, "reg_scale": sizes.sigma}
+            updates["eta"] = self._scatter(sizes.eta, active, cs.get("eta"))
+            updates["tensors"] = self._full_tensors(tensors, sizes, active, t)
         eta = updates.get("eta", cs.get("eta"))
         new_params = self._candidate(dirs, eta)
         with torch.no_grad():
