@@ -1,33 +1,51 @@
 # README's two commands are `make install` and `make test`; CI (.ci/run) runs `make test`.
+#
+# Every target installs into and runs with $(PY): the running $(PYTHON) when it is
+# inside a virtual environment, else the project's own $(VENV) (created on first use;
+# a PEP 668 system Python refuses `pip install` into itself).
 PYTHON ?= python3
-PIP_INSTALL = $(PYTHON) -m pip install --quiet --disable-pip-version-check -c .ci/constraints.txt
+VENV ?= .venv
+PY := $(shell $(PYTHON) .ci/pyenv.py which --venv $(VENV))
+PIP_INSTALL = $(PY) -m pip install --quiet --disable-pip-version-check -c .ci/constraints.txt
 REPORT ?= curvlab-results
+# the other-kernel run: generic ATen kernels and MKL's conditional-reproducibility mode
+OTHER_KERNELS = ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE
 
-.PHONY: install test lint pytest docs slow bench
+.PHONY: env install test lint pytest pytest-other-kernels docs slow bench
+
+## Create the project venv when not inside a virtual environment.
+env:
+	@$(PYTHON) .ci/pyenv.py ensure --venv $(VENV)
 
 ## Install everything (CPU torch pinned via .ci/constraints.txt) and run the main job.
-install:
+install: env
 	$(PIP_INSTALL) -e ".[peers]"
-	$(PYTHON) -m curvlab.cli compare --problem digits-mlp --optimizers all --store $(REPORT)/results.sqlite --report $(REPORT)
+	$(PY) -m curvlab.cli compare --problem digits-mlp --optimizers all --store $(REPORT)/results.sqlite --report $(REPORT)
+	@echo "curvlab is installed for $(PY); results in $(REPORT)/"
 
-## Install test dependencies, lint, run the test suite and build the docs (what CI runs).
-test:
+## Install test dependencies, lint, run the test suite (twice: this machine's kernels and
+## the generic ones) and build the docs (what CI runs).
+test: env
 	$(PIP_INSTALL) -e ".[test,docs,peers]"
-	$(MAKE) lint pytest docs
+	$(MAKE) lint pytest pytest-other-kernels docs
 
 lint:
-	$(PYTHON) -m ruff check .
+	$(PY) -m ruff check .
 
 pytest:
-	$(PYTHON) -m pytest -q; rc=$$?; \
+	$(PY) -m pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+pytest-other-kernels:
+	$(OTHER_KERNELS) $(PY) -m pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 docs:
-	$(PYTHON) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 
 ## Long-running checks (paper-style comparisons); not part of CI.
 slow:
-	$(PYTHON) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow
 
 bench:
-	$(PYTHON) benchmarks/step_time.py
+	$(PY) benchmarks/step_time.py

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -45,12 +46,23 @@ def test_example_runs(script, args, expected, tmp_path):
 
 
 def test_example_plugin_installs_and_passes_conformance(tmp_path):
-    """pip-install the plugin into a fresh venv (system packages visible, so torch is reused)."""
+    """pip-install the plugin into a fresh venv that sees this interpreter's packages.
+
+    The running environment (torch, curvlab, pip, setuptools) is layered under the new
+    venv with ``site.addsitedir`` — also when it is itself a venv, whose packages
+    ``system_site_packages`` would not show — so nothing is downloaded or rebuilt.
+    """
     src = tmp_path / "plugin_example"
     shutil.copytree(PLUGIN, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, system_site_packages=True, with_pip=False)
+    venv.create(env_dir, system_site_packages=False, with_pip=False)
     py = env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
+    inner = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    outer = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    # addsitedir (not a bare path) so the outer .pth files — editable installs — apply too
+    Path(inner, "outer-env.pth").write_text(
+        "".join(f"import site; site.addsitedir({d!r})\n" for d in sorted(outer)))
 
     def run(*cmd, cwd=tmp_path):
         proc = subprocess.run([str(py), *cmd], cwd=cwd, env=_env(), capture_output=True,

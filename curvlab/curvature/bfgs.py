@@ -79,7 +79,9 @@ def bfgs_inverse_update(
     :math:`H_+ = (I - \rho s y^\top) H (I - \rho y s^\top) + \rho s s^\top`,
     :math:`\rho = 1/(y^\top s)`; afterwards :math:`H_+ y = s` (secant
     equation). ``H`` must be symmetric (only then does the expanded form
-    hold). If the pair fails :func:`safe_curvature` or the result is not
+    hold); the result is exactly symmetric (it is symmetrised, which changes
+    nothing for an exactly symmetric candidate and removes the round-off
+    asymmetry a BLAS product may have left in ``H``). If the pair fails :func:`safe_curvature` or the result is not
     finite, (a copy of) ``H`` is returned.
 
     Args:
@@ -124,6 +126,9 @@ def bfgs_inverse_update(
     coef = rho * (rho * torch.dot(y, u) + 1.0)
     rs = rho * s
     cand = H - (torch.outer(rs, u) + torch.outer(u, rs)) + coef * torch.outer(s, s)
+    # exact symmetry by construction, whatever the BLAS kernel did to H upstream
+    # ((a + a) / 2 == a: a symmetric candidate is returned bit for bit)
+    cand = (cand + cand.T) / 2
     # a sum is non-finite iff some entry is (or it overflows: then skipping is right too);
     # one reduction instead of an elementwise isfinite on the whole matrix
     ok = ok & torch.isfinite(cand.sum())

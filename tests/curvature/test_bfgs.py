@@ -13,7 +13,18 @@ F64 = torch.float64
 def _spd(d, seed, dtype=F64):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(d, d, generator=g, dtype=F64)
-    return (X @ X.T / d + 0.1 * torch.eye(d, dtype=F64)).to(dtype)
+    M = X @ X.T / d + 0.1 * torch.eye(d, dtype=F64)
+    return ((M + M.T) / 2).to(dtype)  # X @ X.T is symmetric only up to the BLAS kernel
+
+
+def test_update_of_slightly_asymmetric_H_is_exactly_symmetric():
+    # what a BLAS product can hand in: symmetric up to round-off
+    H = _spd(7, 3)
+    H = H + 1e-15 * torch.triu(torch.ones_like(H), 1)
+    s, y = _pair(7, 4)
+    Hn, applied = bfgs_inverse_update(H, s, y)
+    assert bool(applied)
+    assert torch.equal(Hn, Hn.T)
 
 
 def _pair(d, seed, dtype=F64):
