@@ -14,7 +14,6 @@ be skipped) gives a NaN square root instead of a sampling error.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from backpack.extensions.module_extension import ModuleExtension
@@ -34,8 +33,9 @@ class SeededLossExtension(ModuleExtension):
         seed: Seed used when :attr:`state` is ``None`` (first use).
 
     Attributes:
-        state: RNG states to start from, ``{device key: state}`` (``None``:
-            seed with ``seed``); after a backward pass, the advanced states.
+        state: RNG state (of the generator of the device the loss inputs live
+            on) to start from (``None``: seed with ``seed``); after a backward
+            pass, the advanced state.
 
     Example:
         >>> from backpack.extensions.secondorder.hbp.losses import HBPMSELoss
@@ -48,7 +48,7 @@ class SeededLossExtension(ModuleExtension):
         super().__init__()
         self.inner = inner
         self.seed = seed
-        self.state: dict[str, Any] | None = None
+        self.state: Tensor | None = None
 
     def check_hyperparameters_module_extension(self, ext, module, g_inp, g_out) -> None:
         """Delegate BackPACK's support check to the wrapped extension."""
@@ -60,10 +60,9 @@ class SeededLossExtension(ModuleExtension):
         if not all_finite([x]):
             rows = ext.get_num_mc_samples() if hasattr(ext, "get_num_mc_samples") else x.shape[1]
             return torch.full((rows, *x.shape), math.nan, dtype=x.dtype, device=x.device)
-        state = self.state
-        if isinstance(state, Tensor):  # checkpoints of older versions: one generator state
-            state = {device_keys([x])[-1]: state}
-        with lend_rng(state, seed=self.seed, keys=device_keys([x])) as drawn:
+        key = device_keys([x])[-1]  # "cpu", or the CUDA device of the inputs
+        with lend_rng(None if self.state is None else {key: self.state}, seed=self.seed,
+                      keys=[key]) as drawn:
             out = self.inner.backpropagate(ext, module, g_inp, g_out, bpQuantities)
-        self.state = drawn["state"]
+        self.state = drawn["state"][key]
         return out
