@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from case_oracles import layer_inputs, layers, refused, second_moment, snapshot, table, trainable
 from torch import nn
 
 import curvlab
@@ -282,3 +283,48 @@ def test_non_finite_direction_skips_step():
         opt.step(curvlab.closure(model, loss_fn, x, y))
     assert all(torch.equal(a, b) for a, b in zip(params, model.parameters()))
     assert opt.curv_state["step"] == step
+
+
+# ------------------------------------------------------------------ case table
+@pytest.mark.parametrize("case", table())
+def test_case_table_factors_match_reference(case):
+    """Every row of curvlab.testing.cases against the dense GGN (KFLR factors).
+
+    A bias block's G is the exact GGN block for any batch (checked on 6
+    examples); A is the input second moment (summed over positions, averaged
+    over examples); with one example a Linear weight block G ⊗ A is the exact
+    GGN block too. Frozen parameters get no block.
+    """
+    for batch in (6, 1):
+        problem = case.instantiate(batch=batch)
+        ref = snapshot(problem)
+
+        def build(problem=problem):
+            return curvlab.create("kfac", problem.model, problem.loss_fn, **EXACT)
+
+        if refused(case, "kfac", build):
+            return
+        opt = build()
+        opt.step(curvlab.closure(problem.model, problem.loss_fn, problem.inputs, problem.targets))
+        blocks = opt.curv_state["blocks"]
+        inputs = layer_inputs(ref.model, ref.inputs)
+        for lname, m in layers(ref.model).items():
+            for kind in ("weight", "bias"):
+                name = f"{lname}.{kind}"
+                p = getattr(m, kind)
+                assert (name in blocks) == trainable(p), name
+                if not trainable(p):
+                    continue
+                entry = blocks[name]
+                if kind == "bias":
+                    if batch == 1:
+                        continue
+                    dense = ggn(ref.model, ref.loss_fn, ref.inputs, ref.targets, params=[name])
+                    torch.testing.assert_close(entry["G"], dense, rtol=1e-6, atol=1e-12)
+                    continue
+                torch.testing.assert_close(entry["A"], second_moment(m, inputs[lname], False),
+                                           rtol=1e-10, atol=1e-12)
+                if batch == 1 and isinstance(m, nn.Linear) and p.numel() <= 1000:
+                    dense = ggn(ref.model, ref.loss_fn, ref.inputs, ref.targets, params=[name])
+                    torch.testing.assert_close(kron_dense(entry["G"], entry["A"]), dense,
+                                               rtol=1e-6, atol=1e-12)
