@@ -108,6 +108,12 @@ _COMMON = [
 ]
 
 
+def _meta(summary: str, *tags: str) -> OptimizerMeta:
+    """What K-BFGS and K-BFGS(L) declare alike (Linear layers, a closure evaluated twice)."""
+    return OptimizerMeta(summary=summary, paper=_PAPER, layers=("Linear",), requires_closure=True,
+                         conformance={"lr": 0.3}, tags=("quasi-newton", "kronecker", *tags))
+
+
 @dataclass(frozen=True)
 class LayerStatistics:
     r"""One evaluation's per-layer statistics, in the paper's loss normalisation.
@@ -408,14 +414,7 @@ class KBFGS(_KBFGSBase):
 
     name = "kbfgs"
     schema = Schema(_COMMON)
-    meta = OptimizerMeta(
-        summary="K-BFGS: Kronecker-factored BFGS with double damping (dense H_g)",
-        paper=_PAPER,
-        layers=("Linear",),
-        requires_closure=True,
-        conformance={"lr": 0.3},
-        tags=("quasi-newton", "kronecker"),
-    )
+    meta = _meta("K-BFGS: Kronecker-factored BFGS with double damping (dense H_g)")
 
     def _hg_init(self, dim: int, like: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"H_g": torch.eye(dim, dtype=like.dtype, device=like.device)}
@@ -461,14 +460,8 @@ class KBFGSL(_KBFGSBase):
     name = "kbfgsl"
     schema = Schema([*_COMMON, HParam("memory", int, 100, "L-BFGS memory (pairs kept per layer)",
                                       low=1)])
-    meta = OptimizerMeta(
-        summary="K-BFGS(L): Kronecker-factored BFGS with double damping, L-BFGS for H_g",
-        paper=_PAPER,
-        layers=("Linear",),
-        requires_closure=True,
-        conformance={"lr": 0.3},
-        tags=("quasi-newton", "kronecker", "limited-memory"),
-    )
+    meta = _meta("K-BFGS(L): Kronecker-factored BFGS with double damping, L-BFGS for H_g",
+                 "limited-memory")
 
     def _hg_init(self, dim: int, like: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return LBFGSMemory(dim, group["memory"], dtype=like.dtype, device=like.device).state_dict()

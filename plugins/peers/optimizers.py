@@ -43,6 +43,16 @@ def _count(name: str, default: int, doc: str, scope: str = "group") -> HParam:
     return HParam(name, int, default, doc, low=1, scope=scope)
 
 
+def _weight_decay(*, decouple: bool) -> list[HParam]:
+    """``weight_decay``, ``weight_decouple`` and ``fixed_decay`` as the library declares them."""
+    return [
+        _nonneg("weight_decay", 0.0, "weight decay"),
+        HParam("weight_decouple", bool, decouple, "decoupled (AdamW-style) weight decay"),
+        HParam("fixed_decay", bool, False,
+               "decoupled decay not scaled by lr (here: by lr/lr₀, so lr = 0 stops it)"),
+    ]
+
+
 def _hutchinson(period: int, distribution: str) -> list[HParam]:
     """The Hutchinson estimator's knobs, which the library keeps per optimizer."""
     choices = (distribution, *(d for d in ("gaussian", "rademacher") if d != distribution))
@@ -148,10 +158,7 @@ class Shampoo(PeerOptimizer):
             _lr(1e-3, (3e-3, 1e-3, 3e-4)),
             HParam("momentum", float, 0.0, "momentum on the gradient", low=0.0, high=1.0,
                    high_open=True),
-            _nonneg("weight_decay", 0.0, "weight decay"),
-            HParam("weight_decouple", bool, False, "decoupled (AdamW-style) weight decay"),
-            HParam("fixed_decay", bool, False,
-                   "decoupled decay not scaled by lr (here: by lr/lr₀, so lr = 0 stops it)"),
+            *_weight_decay(decouple=False),
             _count("preconditioning_compute_steps", 1, "steps between inverse-root refreshes",
                    OPTIMIZER),
             _nonneg("matrix_eps", 1e-6, "initial ε·I of the factors"),
@@ -240,10 +247,7 @@ class AdaHessian(PeerOptimizer):
         [
             _lr(0.1, (0.3, 0.1, 0.03)),
             _betas((0.9, 0.999), "EMA coefficients (β₁, β₂) of g and D²"),
-            _nonneg("weight_decay", 0.0, "weight decay"),
-            HParam("weight_decouple", bool, True, "decoupled weight decay"),
-            HParam("fixed_decay", bool, False,
-                   "decoupled decay not scaled by lr (here: by lr/lr₀, so lr = 0 stops it)"),
+            *_weight_decay(decouple=True),
             HParam("hessian_power", float, 1.0, "exponent k of the denominator", low=0.0,
                    high=1.0, low_open=True),
             *_hutchinson(1, "rademacher"),
@@ -283,10 +287,7 @@ class SophiaH(PeerOptimizer):
         [
             _lr(0.06, (0.2, 0.06, 0.02)),
             _betas((0.96, 0.99), "EMA coefficients (β₁, β₂) of g and the Hessian diagonal"),
-            _nonneg("weight_decay", 0.0, "weight decay"),
-            HParam("weight_decouple", bool, True, "decoupled weight decay"),
-            HParam("fixed_decay", bool, False,
-                   "decoupled decay not scaled by lr (here: by lr/lr₀, so lr = 0 stops it)"),
+            *_weight_decay(decouple=True),
             _nonneg("p", 0.01, "clipping threshold ρ of the per-coordinate step"),
             *_hutchinson(10, "gaussian"),
             _nonneg("eps", 1e-12, "floor ε of the Hessian diagonal"),
