@@ -303,7 +303,10 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         """Subclass hook run at the end of ``__init__`` (check layers, register hooks)."""
 
     def _validate_group(self, group: Mapping[str, Any]) -> None:
-        """Subclass hook: refuse a (complete) param group whose values do not fit together."""
+        """Subclass hook: refuse a (complete) param group whose values do not fit together.
+
+        ``group`` holds every hyper-parameter and ``"params"`` (a list).
+        """
 
     def _evaluate(self, closure: Callable[..., Tensor]) -> Evaluation[Any]:
         """Run the closure for the step (override to wrap it, e.g. in a BackPACK context).
@@ -545,7 +548,13 @@ class CurvatureOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------ param groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its overrides are validated (per-group ones only)."""
+        params = param_group.get("params")
+        if isinstance(params, Tensor):
+            params = [params]
+        elif params is not None and not isinstance(params, (list, set)):
+            params = list(params)  # a generator is read once: keep its items for torch
         overrides = {k: v for k, v in param_group.items() if k not in ("params", "name")}
         checked = self.schema.validate_group(overrides, self.optimizer_hparams)
-        self._validate_group({**self.defaults, **checked})
-        super().add_param_group({**param_group, **checked})
+        group = {**param_group, **checked, "params": params}
+        self._validate_group({**self.defaults, **group})
+        super().add_param_group(group)

@@ -14,6 +14,7 @@ vector form, step size :math:`\alpha`, Hutchinson probe :math:`z`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
@@ -106,18 +107,16 @@ class SOAP(PeerOptimizer):
         tags=("peer", "kronecker", "pytorch-optimizer"),
     )
 
-    def _setup(self) -> None:
-        super()._setup()
-        for group in self.param_groups:
-            if group["merge_dims"]:
-                self._check_merge_dims(group)
+    def _validate_group(self, group: Mapping[str, Any]) -> None:
+        if group["merge_dims"]:
+            self._check_merge_dims(group)
 
-    def _check_merge_dims(self, group: dict[str, Any]) -> None:
+    def _check_merge_dims(self, group: Mapping[str, Any]) -> None:
         """Refuse ``merge_dims=True`` where the library's dimension merge breaks.
 
         ``pytorch_optimizer``'s ``merge_small_dims`` returns the shape ``[1]``
         (instead of ``[numel]``) when all dimensions of a tensor merge into one,
-        i.e. for every matrix or higher-order tensor with at most
+        i.e. for every tensor (biases included) with at most
         ``max_precondition_dim`` entries; SOAP then fails to reshape it. The
         library is probed, so a fixed version is used as is.
         """
@@ -127,7 +126,7 @@ class SOAP(PeerOptimizer):
         if merge_small_dims([2, 3], 10) == [6]:  # the library merges correctly
             return
         names = parameter_names(self.model, group["params"])
-        bad = [names[id(p)] for p in group["params"] if p.dim() >= 2 and p.numel() <= limit]
+        bad = [names[id(p)] for p in group["params"] if p.numel() <= limit]
         if bad:
             raise ValueError(
                 f"soap: merge_dims=True fails in pytorch-optimizer for tensors with at most "

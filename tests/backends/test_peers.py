@@ -355,3 +355,17 @@ def test_linalg_failure_in_inner_step_is_a_skipped_step(monkeypatch):
         assert torch.equal(a, b)
     assert opt.stats["skipped_steps"] == 1
     assert_state_equal(opt.state_dict()["curvlab"]["curv_state"], state["curvlab"]["curv_state"])
+
+
+def test_soap_merge_dims_is_refused_where_the_library_breaks_and_works_elsewhere():
+    """pytorch-optimizer merges all dims of a small tensor into the shape [1]: refused by name."""
+    model, loss_fn = _mlp(), nn.CrossEntropyLoss()
+    with pytest.raises(ValueError, match=r"merge_dims=True fails .* affected: model.0.weight"):
+        curvlab.create("soap", model, loss_fn, merge_dims=True)
+    # with every tensor larger than max_precondition_dim the merge keeps a dimension: it runs
+    opt = curvlab.create("soap", model, loss_fn, merge_dims=True, max_precondition_dim=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    for x, y in _batches(3):
+        opt.step(curvlab.closure(model, loss_fn, x, y))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
