@@ -11,7 +11,7 @@ REPORT ?= curvlab-results
 # the other-kernel run: generic ATen kernels and MKL's conditional-reproducibility mode
 OTHER_KERNELS = ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE
 
-.PHONY: env install test lint pytest pytest-other-kernels docs slow bench
+.PHONY: env install test lint pytest pytest-other-kernels docs slow bench data
 
 ## Create the project venv when not inside a virtual environment.
 env:
@@ -49,3 +49,18 @@ slow:
 
 bench:
 	$(PY) benchmarks/step_time.py
+
+## Install the Fashion-MNIST files (Debian package dataset-fashion-mnist) where apt is available,
+## say what to do elsewhere, then list every dataset and where it was found.
+data:
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=; if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y dataset-fashion-mnist || \
+	  { $$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist; }; \
+	else \
+	  echo "no apt-get here: put the Fashion-MNIST IDX files train-images-idx3-ubyte.gz," \
+	       "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz" \
+	       "into a folder DIR and pass --data-dir DIR (or set CURVLAB_DATA=DIR)"; \
+	fi
+	@$(PY) -c "from curvlab.harness.data import data_listing; print(data_listing())" 2>/dev/null \
+	  || echo "curvlab is not installed for $(PY) (make install); then run make data again to list the datasets"

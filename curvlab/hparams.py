@@ -335,6 +335,89 @@ class Schema(Sequence):
             )
         return checked
 
+    def parse(self, name: str, text: str) -> Any:
+        """Parse command-line ``text`` into the typed value of hyper-parameter ``name``, validated.
+
+        The text is read by the declared type, then checked like
+        :meth:`validate` checks a value (range, choices, length):
+
+        - ``float``: a decimal or exponent literal (``0.1``, ``1e-3``);
+        - ``int``: an integer literal; ``2.0`` or ``1e3`` are accepted as
+          whole numbers, ``2.5`` is refused (never truncated);
+        - ``bool``: ``true``/``false``, ``yes``/``no``, ``on``/``off``, ``1``/``0``
+          (any case);
+        - ``tuple``: comma-separated numbers, optionally in parentheses
+          (``0.9,0.999`` or ``(0.9, 0.999)``);
+        - ``str``: the text itself;
+        - ``none`` (any case) is ``None`` where the hyper-parameter is optional.
+
+        Args:
+            name: A declared hyper-parameter.
+            text: Its value as typed on a command line.
+
+        Returns:
+            The value, as :meth:`validate` would return it.
+
+        Raises:
+            ValueError: ``name`` is not declared (with a close match and the
+                declared names), or ``text`` is not of the declared type or
+                lies outside its range; the message names the
+                hyper-parameter and its allowed range.
+
+        Example:
+            >>> schema = Schema([HParam("every", int, 10, "period", low=1),
+            ...                  HParam("betas", tuple, (0.9, 0.99), "pair", low=0.0, high=1.0,
+            ...                         high_open=True, length=2)])
+            >>> schema.parse("every", "20"), schema.parse("betas", "0.8,0.9")
+            (20, (0.8, 0.9))
+            >>> schema.parse("every", "2.5")
+            Traceback (most recent call last):
+            ...
+            ValueError: every must be an integer in [1, inf), got '2.5'
+        """
+        if name not in self:
+            self.validate({name: text}, partial=True)  # raises: unknown name, close match, allowed
+        p = self[name]
+        raw = text.strip()
+        if p.optional and raw.lower() == "none" and not (p.choices and raw in p.choices):
+            return None
+        value: Any = raw
+        if p.type is bool:
+            words = {"true": True, "yes": True, "on": True, "1": True,
+                     "false": False, "no": False, "off": False, "0": False}
+            if raw.lower() not in words:
+                raise ValueError(f"{name} must be true or false, got {text!r}")
+            value = words[raw.lower()]
+        elif p.type is tuple:
+            items = raw.strip("()[] ").split(",")
+            try:
+                value = tuple(float(v) for v in items)
+            except ValueError:
+                count = f"{p.length} " if p.length is not None else ""
+                raise ValueError(
+                    f"{name} must be {count}comma-separated numbers, each in {p.range_text}, "
+                    f"got {text!r}"
+                ) from None
+        elif p.type is int:
+            try:
+                value = int(raw)
+            except ValueError:
+                try:
+                    number = float(raw)
+                except ValueError:
+                    number = math.nan
+                if not number.is_integer():
+                    raise ValueError(
+                        f"{name} must be an integer in {p.range_text}, got {text!r}"
+                    ) from None
+                value = int(number)
+        elif p.type is float:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number in {p.range_text}, got {text!r}") from None
+        return p.check(value)
+
     def table(self) -> list[dict[str, str]]:
         """Rows (name, type, default, range, scope, doc) for docs and ``curvlab info``.
 

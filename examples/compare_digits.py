@@ -24,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from curvlab.harness.compare import compare
+from curvlab.harness import RunSettings, compare
 
 
 def main() -> None:
@@ -38,9 +38,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = args.store or str(Path(tmp) / "results.sqlite")
-        comparison = compare(
-            problem="digits-mlp",
-            optimizers=args.optimizers,
+        settings = RunSettings(  # what every run shares, built once
             steps=args.steps,
             seconds=None,  # a pure step budget: identical work for every optimizer
             eval_every=max(1, args.steps // 4),
@@ -48,6 +46,7 @@ def main() -> None:
             store=store,
             executor="serial",
         )
+        comparison = compare("digits-mlp", args.optimizers, settings=settings)
         rows = comparison.summary()
         print(f"{'optimizer':<14}{'final train loss':>18}{'test acc':>10}{'step time vs sgd':>18}")
         for row in sorted(rows, key=lambda r: _finite(r.get("final_loss"))):

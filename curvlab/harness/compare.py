@@ -1,7 +1,8 @@
 """Comparisons and ablations: :func:`compare`, :func:`ablate` and their :class:`Comparison`.
 
 A comparison runs, for one problem, every requested optimizer under the
-same budget, device, dtype and seeds:
+same settings (:class:`~curvlab.harness.settings.RunSettings`: budget,
+device, dtype, seeds, ...):
 
 1. **Tuning** (``tune=True``): for each optimizer, the grid is the product
    of the ``grid`` values declared in its hyper-parameter schema (an empty
@@ -14,8 +15,13 @@ same budget, device, dtype and seeds:
 3. **Reference**: SGD with its defaults and the same seeds when ``sgd`` is
    not among the optimizers, for the step-time ratio.
 
-Every run goes through the :class:`~curvlab.harness.store.Store`; runs done
-before (same config hash) are reused, so an interrupted comparison resumes.
+Everything the caller gives is checked before the first run: the settings
+when they are built, then the problem and optimizer names, the
+hyper-parameters (each value once: text such as ``"0.1"`` from a command
+line by :meth:`~curvlab.hparams.Schema.parse`, other values by the schema's
+check) and the results store. Every run goes through the
+:class:`~curvlab.harness.store.Store`; runs done before (same config hash)
+are reused, so an interrupted comparison resumes.
 """
 
 from __future__ import annotations
@@ -23,26 +29,25 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import curvlab
 from curvlab.harness.config import RunConfig
-from curvlab.harness.executor import check_executor, run_configs
+from curvlab.harness.executor import run_configs
 from curvlab.harness.metrics import summarize, time_to_target
-from curvlab.harness.problems import load_problem
-from curvlab.harness.runner import RunResult
+from curvlab.harness.problems import Problem, load_problem
+from curvlab.harness.results import RunResult
+from curvlab.harness.settings import RunSettings
 from curvlab.harness.store import Store
 from curvlab.registry import PluginWarning, normalize
 
-__all__ = ["DEFAULT_BUDGET", "Comparison", "ablate", "compare", "resolve_optimizers"]
+__all__ = ["SELECT", "Comparison", "ablate", "compare", "resolve_optimizers"]
 
-#: Default budget: 500 steps (safety cap 15 s of training time per run), eval every 25.
-#: ``compare --problem digits-mlp --optimizers all`` (13 optimizers) takes ~3 min on 2 cores.
-DEFAULT_BUDGET = {"steps": 500, "seconds": 15.0, "eval_every": 25}
+#: Tuning criteria of :func:`compare` (``--select``).
 SELECT = ("loss", "time")
 
 
@@ -126,11 +131,20 @@ def resolve_optimizers(names: str | list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
-def _parse_hparams(opt: str, given: dict[str, Any]) -> dict[str, Any]:
-    return curvlab.info(opt).schema.validate(given)
+def _given_hparams(opt: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The hparams given for ``opt``, each checked once: text parsed by the schema, others validated."""
+    schema = curvlab.info(opt).schema
+    text = {k: schema.parse(k, v) for k, v in values.items() if isinstance(v, str)}
+    typed = schema.validate({k: v for k, v in values.items() if k not in text}, partial=True)
+    return {k: text[k] if k in text else typed[k] for k in values}
 
 
-def _grid(opt: str, fixed: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+def _complete(opt: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every hparam of ``opt``: the (already checked) given values, the declared defaults elsewhere."""
+    return {p.name: given.get(p.name, p.default) for p in curvlab.info(opt).schema}
+
+
+def _grid(opt: str, fixed: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     schema = curvlab.info(opt).schema
     knobs = [p for p in schema if p.grid and p.name not in fixed]
     points = [dict(zip([p.name for p in knobs], vals))
@@ -139,13 +153,12 @@ def _grid(opt: str, fixed: dict[str, Any]) -> tuple[list[str], list[dict[str, An
 
 
 def _rank(result: RunResult, select: str, target: float) -> tuple[float, float]:
-    if result.status != "done" or result.metrics.get("diverged"):
-        return (math.inf, math.inf)
-    loss = result.metrics.get("final_loss", math.inf)
-    loss = loss if math.isfinite(loss) else math.inf
+    loss = result.ranked_loss
+    if result.failed:
+        return (loss, loss)
     if select == "time":
         hit = time_to_target(result.curve, target)
-        return (hit[1] if hit else math.inf, loss)
+        return (hit[1] if hit else float("inf"), loss)
     return (loss, 0.0)
 
 
@@ -153,158 +166,139 @@ def _cid(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _common(problem: str, *, steps: int | None, seconds: float | None, eval_every: int,
-            device: str, dtype: str, threads: int, small: bool, data_dir: str | None,
-            executor: str, jobs: int, seeds: int, target: float | None) -> tuple[Any, dict, float]:
-    check_executor(executor, jobs)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
-    if device.startswith("cuda"):
-        import torch
+def _settings_and_problem(problem: str, settings: RunSettings | None,
+                          options: dict[str, Any]) -> tuple[RunSettings, Problem]:
+    """The checked settings and the problem instance they select (its data is not loaded here)."""
+    run_settings = RunSettings.build(settings, **options)
+    return run_settings, load_problem(problem, **run_settings.of_scope("problem"))
 
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but torch sees no CUDA device")
-    prob = load_problem(problem, small=small, data_dir=data_dir)
-    prob.load_data()  # fail early (missing files) and fill in a computed optimum
-    RunConfig(prob.name, "sgd", {}, 0, steps, seconds, eval_every, device, dtype, threads)
-    base = {"steps": steps, "seconds": seconds, "eval_every": eval_every, "device": device,
-            "dtype": dtype, "threads": threads, "problem_options": prob.options()}
-    return prob, base, float(prob.target_loss if target is None else target)
+
+@dataclass(frozen=True)
+class _Plan:
+    """A checked comparison about to run: its settings, problem and open store."""
+
+    settings: RunSettings
+    problem: Problem
+    store: Store
+
+    @classmethod
+    def open(cls, settings: RunSettings, problem: Problem) -> _Plan:
+        """Open (and check) the store: the last step before anything is written."""
+        store = settings.store
+        return cls(settings, problem, store if isinstance(store, Store) else Store(store))
+
+    @property
+    def target(self) -> float:
+        """The loss target: the settings' or else the problem's."""
+        target = self.settings.target
+        return float(self.problem.target_loss if target is None else target)
+
+    def config(self, opt: str, hparams: dict[str, Any], seed: int) -> RunConfig:
+        return RunConfig(self.problem.name, opt, hparams, seed, self.problem.options(),
+                         **self.settings.run_options())
+
+    def spec(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {"kind": kind, "problem": self.problem.name, **fields, "seeds": self.settings.seeds,
+                "target": self.target, **self.settings.run_options(),
+                "problem_options": self.problem.options()}
+
+    def references(self) -> list[tuple[RunConfig, str, str]]:
+        """The SGD reference runs (defaults, every seed)."""
+        return [(self.config("sgd", _complete("sgd", {}), s), "reference", "sgd")
+                for s in range(self.settings.seeds)]
+
+    def run(self, cid: str, rows: list[tuple[RunConfig, str, str]], desc: str) -> None:
+        self.store.add_members(cid, [(c.key(), role, label) for c, role, label in rows])
+        run_configs([c for c, _, _ in rows], self.store, self.settings, desc=desc)
 
 
 def compare(
     problem: str,
     optimizers: str | list[str] = "all",
     *,
-    steps: int | None = DEFAULT_BUDGET["steps"],
-    seconds: float | None = DEFAULT_BUDGET["seconds"],
-    eval_every: int = DEFAULT_BUDGET["eval_every"],
-    seeds: int = 1,
     tune: bool = False,
     select: str = "loss",
-    target: float | None = None,
-    hparams: dict[str, dict[str, Any]] | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    threads: int = 1,
-    small: bool = False,
-    data_dir: str | None = None,
-    store: str | Path | Store = "curvlab-results.sqlite",
-    executor: str = "process",
-    jobs: int = 1,
-    progress: bool = False,
-    name: str | None = None,
+    hparams: Mapping[str, Mapping[str, Any]] | None = None,
+    settings: RunSettings | None = None,
+    **options: Any,
 ) -> Comparison:
     """Compare optimizers on one problem (see the module docstring for the protocol).
 
     Args:
         problem: Problem name (``curvlab list`` shows them).
         optimizers: Names, a comma-separated string, or ``"all"``.
-        steps: Step budget per run (``None``: only ``seconds``).
-        seconds: Training-time budget per run (``None``: only ``steps``).
-        eval_every: Evaluation period in steps (not timed).
-        seeds: Seeds of the final runs (``0 … seeds-1``).
         tune: Grid-search each optimizer's schema grid with seed 0 first.
-        select: Tuning criterion, ``"loss"`` (final train loss) or ``"time"``
-            (time to ``target``).
-        target: Loss target (reported scale); default: the problem's.
-        hparams: Fixed hyper-parameters per optimizer name (not tuned).
-        device: ``"cpu"`` or ``"cuda"``.
-        dtype: ``"float32"`` or ``"float64"``.
-        threads: Torch threads per run.
-        small: The problem's reduced variant.
-        data_dir: Data folder (MNIST problems).
-        store: Results-store path (or an open :class:`Store`).
-        executor: ``"process"``, ``"serial"`` or ``"ray"``.
-        jobs: Parallel runs (process pool workers).
-        progress: Show tqdm progress bars.
-        name: Comparison id (default: a hash of the settings).
+        select: Tuning criterion (:data:`SELECT`): ``"loss"`` (final train
+            loss) or ``"time"`` (time to the target).
+        hparams: Fixed hyper-parameters per optimizer name (not tuned);
+            values may be typed (``0.01``) or text as on a command line
+            (``"0.01"``, ``"0.9,0.999"``).
+        settings: The :class:`~curvlab.harness.settings.RunSettings`
+            (default: all defaults).
+        **options: Any field of :class:`~curvlab.harness.settings.RunSettings`
+            (``steps=200``, ``seeds=3``, ``store=...``, ``executor=...``): a
+            shorthand that overrides the same field of ``settings``.
 
     Returns:
         The :class:`Comparison` (call :meth:`Comparison.summary` or :meth:`Comparison.report`).
 
     Raises:
-        ValueError: unknown problem or optimizer, invalid budget, hparam,
-            selection criterion or executor, unwritable store.
+        TypeError: a keyword that is not a setting.
+        ValueError: unknown problem or optimizer, an invalid setting, hparam,
+            selection criterion, or a results store that cannot be used
+            (nothing runs then); :class:`~curvlab.harness.runner.DataError`
+            when the problem's data cannot be loaded.
 
     Example:
         >>> c = compare("quadratic", ["sgd", "adam"], steps=20, eval_every=10,
         ...             store=":memory:", executor="serial")
         >>> sorted(row["label"] for row in c.summary())
         ['adam', 'sgd']
+        >>> s = RunSettings(steps=20, eval_every=10, store=":memory:", executor="serial")
+        >>> compare("quadratic", "sgd", settings=s, hparams={"sgd": {"lr": "0.05"}}).spec["hparams"]
+        {'sgd': {'lr': 0.05}}
     """
     if select not in SELECT:
         raise ValueError(f"select must be one of {SELECT}, got {select!r}")
-    prob, base, tgt = _common(problem, steps=steps, seconds=seconds, eval_every=eval_every,
-                              device=device, dtype=dtype, threads=threads, small=small,
-                              data_dir=data_dir, executor=executor, jobs=jobs, seeds=seeds,
-                              target=target)
+    run_settings, prob = _settings_and_problem(problem, settings, options)
     names = resolve_optimizers(optimizers)
-    given = {normalize(k): v for k, v in (hparams or {}).items()}
-    unknown = set(given) - set(names)
+    raw = {normalize(k): v for k, v in (hparams or {}).items()}
+    unknown = set(raw) - set(names)
     if unknown:
         raise ValueError(f"hparams given for {sorted(unknown)}, which are not compared: {names}")
-    fixed = {n: _parse_hparams(n, given.get(n, {})) for n in names}
-    st = store if isinstance(store, Store) else Store(store)
-    spec = {"kind": "compare", "problem": prob.name, "optimizers": names, "seeds": seeds,
-            "tune": tune, "select": select, "target": tgt, "hparams": given, **base}
-    cid = name or _cid(spec)
+    given = {n: _given_hparams(n, raw[n]) for n in raw}
+    plan = _Plan.open(run_settings, prob)
+    fixed = {n: _complete(n, given.get(n, {})) for n in names}
+    spec = plan.spec("compare", optimizers=names, tune=tune, select=select, hparams=given)
+    cid = plan.settings.name or _cid(spec)
     shown: dict[str, list[str]] = {}
     tune_cfgs: dict[str, list[RunConfig]] = {}
     for n in names:
         knobs, points = _grid(n, given.get(n, {})) if tune else ([], [])
         shown[n] = sorted(set(knobs) | set(given.get(n, {})))
-        tune_cfgs[n] = [RunConfig(prob.name, n, {**fixed[n], **pt}, 0, **base) for pt in points]
+        tune_cfgs[n] = [plan.config(n, {**fixed[n], **pt}, 0) for pt in points]
     spec["shown"] = shown
-    st.add_comparison(cid, spec)
+    plan.store.add_comparison(cid, spec)
 
     # 1. tuning
-    all_tune = [c for cs in tune_cfgs.values() for c in cs]
-    st.add_members(cid, [(c.key(), "tune", c.optimizer) for c in all_tune])
-    run_configs(all_tune, st, executor=executor, jobs=jobs, progress=progress, desc="tuning")
+    plan.run(cid, [(c, "tune", c.optimizer) for cs in tune_cfgs.values() for c in cs], "tuning")
     best: dict[str, dict[str, Any]] = {}
     for n in names:
-        cands = tune_cfgs.get(n)
+        cands = tune_cfgs[n]
         if not cands:
             best[n] = fixed[n]
             continue
-        scored = [(_rank(st.result(c.key(), curve=True), select, tgt), i) for i, c in enumerate(cands)]
+        scored = [(_rank(plan.store.result(c.key(), curve=True), select, plan.target), i)
+                  for i, c in enumerate(cands)]
         best[n] = cands[min(scored)[1]].hparams
 
     # 2. final runs (+ 3. SGD reference)
-    finals = [(RunConfig(prob.name, n, best[n], s, **base), "final", n)
-              for n in names for s in range(seeds)]
+    finals = [(plan.config(n, best[n], s), "final", n) for n in names
+              for s in range(plan.settings.seeds)]
     if "sgd" not in names:
-        sgd = _parse_hparams("sgd", {})
-        finals += [(RunConfig(prob.name, "sgd", sgd, s, **base), "reference", "sgd")
-                   for s in range(seeds)]
-    st.add_members(cid, [(c.key(), role, label) for c, role, label in finals])
-    run_configs([c for c, _, _ in finals], st, executor=executor, jobs=jobs, progress=progress,
-                desc="runs")
-    return Comparison(cid, st, spec)
-
-
-def _parse_value(opt: str, hparam: str, value: Any) -> Any:
-    schema = curvlab.info(opt).schema
-    if hparam not in schema:
-        schema.validate({hparam: value})  # raises naming the allowed ones
-    p = schema[hparam]
-    if isinstance(value, str) and p.type is not str:
-        text = value.strip()
-        if p.optional and text.lower() == "none":
-            return None
-        if p.type is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"{hparam} must be true or false, got {value!r}")
-            value = text.lower() in ("true", "1")
-        elif p.type is tuple:
-            value = tuple(float(v) for v in text.strip("()").split(","))
-        else:
-            try:
-                value = p.type(float(text)) if p.type is int else float(text)
-            except ValueError:
-                raise ValueError(f"{hparam} must be a {p.type.__name__}, got {value!r}") from None
-    return p.check(value)
+        finals += plan.references()
+    plan.run(cid, finals, "runs")
+    return Comparison(cid, plan.store, spec)
 
 
 def ablate(
@@ -313,22 +307,9 @@ def ablate(
     hparam: str,
     values: list[Any] | None = None,
     *,
-    hparams: dict[str, Any] | None = None,
-    steps: int | None = DEFAULT_BUDGET["steps"],
-    seconds: float | None = DEFAULT_BUDGET["seconds"],
-    eval_every: int = DEFAULT_BUDGET["eval_every"],
-    seeds: int = 1,
-    target: float | None = None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    threads: int = 1,
-    small: bool = False,
-    data_dir: str | None = None,
-    store: str | Path | Store = "curvlab-results.sqlite",
-    executor: str = "process",
-    jobs: int = 1,
-    progress: bool = False,
-    name: str | None = None,
+    hparams: Mapping[str, Any] | None = None,
+    settings: RunSettings | None = None,
+    **options: Any,
 ) -> Comparison:
     """Vary one hyper-parameter of one optimizer, everything else fixed.
 
@@ -336,18 +317,21 @@ def ablate(
         problem: Problem name.
         optimizer: Optimizer name.
         hparam: The hyper-parameter to vary.
-        values: Its values (strings are parsed by the schema type); default:
+        values: Its values (typed, or text parsed by the schema); default:
             the schema's ``grid``, else its ``choices``, else ``True/False``
             for booleans.
-        hparams: Other fixed hyper-parameters.
-        steps, seconds, eval_every, seeds, target, device, dtype, threads, small, data_dir, store, executor, jobs, progress, name: As in :func:`compare`.
+        hparams: Other fixed hyper-parameters (typed or text), not ``hparam``.
+        settings: As in :func:`compare`.
+        **options: As in :func:`compare`.
 
     Returns:
         A :class:`Comparison` whose labels are ``"<optimizer> <hparam>=<value>"``
         (plus the ``sgd`` reference).
 
     Raises:
-        ValueError: unknown optimizer or hparam, invalid value, no values.
+        TypeError: a keyword that is not a setting.
+        ValueError: unknown optimizer or hparam, invalid value, no values,
+            ``hparam`` also fixed in ``hparams``, an invalid setting or store.
 
     Example:
         >>> c = ablate("quadratic", "sgd", "lr", ["0.1", "0.01"], steps=10, eval_every=5,
@@ -359,32 +343,26 @@ def ablate(
     schema = curvlab.info(opt).schema
     if hparam not in schema:
         schema.validate({hparam: None})  # raises, naming the allowed hparams
-    if values is None or len(values) == 0:
+    if hparams and hparam in hparams:
+        raise ValueError(f"{opt}.{hparam} is the ablated hyper-parameter; do not also fix it "
+                         f"(got {hparam}={hparams[hparam]!r})")
+    if not values:
         p = schema[hparam]
         values = list(p.grid or p.choices or ((True, False) if p.type is bool else ()))
         if not values:
             raise ValueError(f"no values to ablate for {opt}.{hparam}; pass some")
-    vals = [_parse_value(opt, hparam, v) for v in values]
-    prob, base, tgt = _common(problem, steps=steps, seconds=seconds, eval_every=eval_every,
-                              device=device, dtype=dtype, threads=threads, small=small,
-                              data_dir=data_dir, executor=executor, jobs=jobs, seeds=seeds,
-                              target=target)
-    fixed = dict(hparams or {})
-    fixed.pop(hparam, None)
-    st = store if isinstance(store, Store) else Store(store)
-    spec = {"kind": "ablate", "problem": prob.name, "optimizers": [opt], "hparam": hparam,
-            "values": [repr(v) for v in vals], "seeds": seeds, "target": tgt,
-            "hparams": {opt: fixed}, **base, "shown": {}}
-    cid = name or _cid(spec)
-    st.add_comparison(cid, spec)
+    vals = [_given_hparams(opt, {hparam: v})[hparam] for v in values]
+    fixed = _given_hparams(opt, hparams or {})
+    run_settings, prob = _settings_and_problem(problem, settings, options)
+    plan = _Plan.open(run_settings, prob)
+    spec = plan.spec("ablate", optimizers=[opt], hparam=hparam, values=[repr(v) for v in vals],
+                     hparams={opt: fixed}, shown={})
+    cid = plan.settings.name or _cid(spec)
+    plan.store.add_comparison(cid, spec)
     rows = []
     for v in vals:
-        hp = schema.validate({**fixed, hparam: v})
-        label = f"{opt} {hparam}={v}"
-        rows += [(RunConfig(prob.name, opt, hp, s, **base), "final", label) for s in range(seeds)]
-    sgd = _parse_hparams("sgd", {})
-    rows += [(RunConfig(prob.name, "sgd", sgd, s, **base), "reference", "sgd") for s in range(seeds)]
-    st.add_members(cid, [(c.key(), role, label) for c, role, label in rows])
-    run_configs([c for c, _, _ in rows], st, executor=executor, jobs=jobs, progress=progress,
-                desc="ablation")
-    return Comparison(cid, st, spec)
+        hp = _complete(opt, {**fixed, hparam: v})
+        rows += [(plan.config(opt, hp, s), "final", f"{opt} {hparam}={v}")
+                 for s in range(plan.settings.seeds)]
+    plan.run(cid, rows + plan.references(), "ablation")
+    return Comparison(cid, plan.store, spec)

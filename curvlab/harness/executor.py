@@ -2,6 +2,9 @@
 
 Runs are independent, so the grid is embarrassingly parallel. The parent
 process alone writes the store: workers return :class:`RunResult` objects.
+How to run comes from the comparison's
+:class:`~curvlab.harness.settings.RunSettings` (``executor``, ``jobs``,
+``progress``), validated when that object was built.
 
 ``process`` (default) uses a :class:`concurrent.futures.ProcessPoolExecutor`
 with one run per worker process (``max_tasks_per_child=1``), so that the
@@ -11,47 +14,25 @@ are forked from a ``forkserver`` that has imported torch and curvlab once
 a fresh interpreter. ``ray`` submits the runs as Ray tasks
 (``pip install 'curvlab[ray]'``; imported only when asked). ``serial`` runs
 in this process (tests, debugging).
+
+A :class:`~curvlab.harness.runner.DataError` (the problem's data cannot be
+loaded) stops the batch: the runs not started yet are cancelled and the
+error is raised, since every run of the problem would fail the same way.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 
 from curvlab.harness.config import RunConfig
-from curvlab.harness.runner import RunResult, execute
+from curvlab.harness.results import RunResult
+from curvlab.harness.runner import DataError, execute
+from curvlab.harness.settings import EXECUTORS, RunSettings
 from curvlab.harness.store import Store
 
-__all__ = ["EXECUTORS", "check_executor", "run_configs"]
-
-EXECUTORS = ("process", "serial", "ray")
-
-
-def check_executor(executor: str, jobs: int) -> None:
-    """Validate the executor name and job count (and that Ray imports, if asked).
-
-    Raises:
-        ValueError: unknown executor, ``jobs`` < 1, or Ray missing.
-
-    Example:
-        >>> check_executor("process", 1)
-        >>> check_executor("dask", 1)
-        Traceback (most recent call last):
-        ...
-        ValueError: executor must be one of ('process', 'serial', 'ray'), got 'dask'
-    """
-    if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
-    if executor == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise ValueError(
-                "executor 'ray' needs the ray package: pip install 'curvlab[ray]'"
-            ) from None
+__all__ = ["EXECUTORS", "run_configs"]
 
 
 def _unique_todo(configs: Sequence[RunConfig], store: Store) -> list[RunConfig]:
@@ -68,10 +49,8 @@ def _unique_todo(configs: Sequence[RunConfig], store: Store) -> list[RunConfig]:
 def run_configs(
     configs: Sequence[RunConfig],
     store: Store,
+    settings: RunSettings,
     *,
-    executor: str = "process",
-    jobs: int = 1,
-    progress: bool = False,
     desc: str = "runs",
 ) -> int:
     """Run every config whose result is not in ``store`` yet; return how many ran.
@@ -79,54 +58,79 @@ def run_configs(
     Completed (``done``) runs are skipped; half-done (``running``) and failed
     (``error``) runs are redone; duplicates in ``configs`` run once.
 
+    Args:
+        configs: The runs.
+        store: Where results go (and where finished ones are found).
+        settings: ``executor``, ``jobs`` and ``progress`` are read from it.
+        desc: Label of the progress bar.
+
+    Raises:
+        DataError: the problem's data cannot be loaded (nothing more runs).
+
     Example:
         >>> s = Store(":memory:")
         >>> cfg = RunConfig("quadratic", "sgd", {"lr": 0.1}, seed=0, steps=3)
-        >>> run_configs([cfg, cfg], s, executor="serial"), run_configs([cfg], s, executor="serial")
+        >>> serial = RunSettings(executor="serial")
+        >>> run_configs([cfg, cfg], s, serial), run_configs([cfg], s, serial)
         (1, 0)
     """
-    check_executor(executor, jobs)
     todo = _unique_todo(configs, store)
     if not todo:
         return 0
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(todo), desc=desc, disable=not progress, leave=False) as bar:
-        if executor == "serial":
+    with tqdm(total=len(todo), desc=desc, disable=not settings.progress, leave=False) as bar:
+        if settings.executor == "serial":
             for c in todo:
                 store.mark_running(c)
                 store.save(execute(c))
                 bar.update()
-        elif executor == "process":
-            ctx = _context()
-            with ProcessPoolExecutor(jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-                futures = {}
-                for c in todo:
-                    store.mark_running(c)
-                    futures[pool.submit(execute, c)] = c
-                for fut in as_completed(futures):
-                    store.save(_result_or_error(fut, futures[fut]))
-                    bar.update()
+        elif settings.executor == "process":
+            _process_pool(todo, store, settings.jobs, bar)
         else:
-            import ray
-
-            if not ray.is_initialized():
-                ray.init(ignore_reinit_error=True, log_to_driver=False)
-            remote = ray.remote(execute)
-            refs = {}
-            for c in todo:
-                store.mark_running(c)
-                refs[remote.remote(c)] = c
-            pending = list(refs)
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                try:
-                    result = ray.get(done[0])
-                except Exception as err:  # noqa: BLE001 - a lost worker is a failed run
-                    result = RunResult(refs[done[0]].key(), "error", error=repr(err))
-                store.save(result)
-                bar.update()
+            _ray(todo, store, bar)
     return len(todo)
+
+
+def _process_pool(todo: list[RunConfig], store: Store, jobs: int, bar) -> None:  # noqa: ANN001
+    pool = ProcessPoolExecutor(jobs, mp_context=_context(), max_tasks_per_child=1)
+    try:
+        futures = {}
+        for c in todo:
+            store.mark_running(c)
+            futures[pool.submit(execute, c)] = c
+        for fut in as_completed(futures):
+            store.save(_result_or_error(fut, futures[fut]))
+            bar.update()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _ray(todo: list[RunConfig], store: Store, bar) -> None:  # noqa: ANN001
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+    remote = ray.remote(execute)
+    refs = {}
+    for c in todo:
+        store.mark_running(c)
+        refs[remote.remote(c)] = c
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            result = ray.get(done[0])
+        except DataError:  # Ray's task error is also an instance of the cause's class
+            for ref in pending:
+                ray.cancel(ref)
+            raise
+        except Exception as err:  # noqa: BLE001 - a lost worker is a failed run
+            result = RunResult(refs[done[0]].key(), "error", error=repr(err))
+        store.save(result)
+        bar.update()
 
 
 def _context() -> mp.context.BaseContext:
@@ -137,8 +141,10 @@ def _context() -> mp.context.BaseContext:
     return ctx
 
 
-def _result_or_error(fut, config: RunConfig) -> RunResult:  # noqa: ANN001
+def _result_or_error(fut: Future, config: RunConfig) -> RunResult:
     try:
         return fut.result()
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001 - e.g. a worker killed for memory
         return RunResult(config.key(), "error", error=f"{type(err).__name__}: {err}")

@@ -16,7 +16,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from curvlab.harness.runner import CurvePoint, RunResult
+from curvlab.harness.results import CurvePoint, RunMetrics, RunResult
 
 __all__ = ["mean_std", "summarize", "time_to_target"]
 
@@ -63,7 +63,7 @@ def summarize(
     ``stat_<counter>`` (mean of every optimizer counter).
 
     Example:
-        >>> r = RunResult("k", "done", "steps", {"final_loss": 1.0, "step_time": 0.002},
+        >>> r = RunResult("k", "done", "steps", RunMetrics(final_loss=1.0, step_time=0.002),
         ...               {"skipped_steps": 0.0}, [CurvePoint("eval", 5, 0.01, 0.5)])
         >>> row = summarize({"sgd": [({"lr": 0.1}, r)]}, target=0.6)[0]
         >>> row["reached"], row["steps_to_target"], row["ratio_vs_sgd"], row["stat_skipped_steps"]
@@ -71,28 +71,28 @@ def summarize(
     """
     rows = []
     for label, runs in groups.items():
-        ok = [(h, r) for h, r in runs if r.status == "done"]
-        m = [r.metrics for _, r in ok]
+        ok = [(h, r) for h, r in runs if r.status == "done" and r.metrics is not None]
+        m: list[RunMetrics] = [r.metrics for _, r in ok]
         row: dict[str, Any] = {
             "label": label,
             "hparams": _hp_text(runs[0][0]) if runs else "",
             "runs": len(runs),
             "errors": len(runs) - len(ok),
             "error": next((r.error for _, r in runs if r.status != "done"), ""),
-            "diverged": sum(bool(x.get("diverged")) for x in m),
-            "warnings": sum(int(x.get("warnings", 0)) for x in m),
+            "diverged": sum(x.diverged for x in m),
+            "warnings": sum(x.warnings for x in m),
         }
         for col, key in (("final_loss", "final_loss"), ("best_loss", "best_loss"),
                          ("test_loss", "final_test_loss"), ("test_acc", "final_test_acc")):
-            row[col], row[col + "_std"] = mean_std([x.get(key) for x in m])
+            row[col], row[col + "_std"] = mean_std([getattr(x, key) for x in m])
         hits = [time_to_target(r.curve, target) for _, r in ok]
         hits = [h for h in hits if h is not None]
         row["reached"] = len(hits)
         row["steps_to_target"] = mean_std([h[0] for h in hits])[0]
         row["seconds_to_target"] = mean_std([h[1] for h in hits])[0]
-        row["step_time_ms"] = mean_std([x.get("step_time", math.nan) * 1e3 for x in m])[0]
-        row["peak_mem_mb"] = mean_std([x.get("peak_mem_mb") for x in m])[0]
-        row["mem_delta_mb"] = mean_std([x.get("mem_delta_mb") for x in m])[0]
+        row["step_time_ms"] = mean_std([x.step_time * 1e3 for x in m])[0]
+        row["peak_mem_mb"] = mean_std([x.peak_mem_mb for x in m])[0]
+        row["mem_delta_mb"] = mean_std([x.mem_delta_mb for x in m])[0]
         for counter in sorted({c for _, r in ok for c in r.stats}):
             row[f"stat_{counter}"] = mean_std([r.stats.get(counter) for _, r in ok])[0]
         rows.append(row)

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from curvlab.harness.metrics import time_to_target
-from curvlab.harness.runner import RunResult
+from curvlab.harness.report import prepare_folder, write_csv
+from curvlab.harness.results import RunResult
 
 if TYPE_CHECKING:
     from curvlab.harness.store import Store
@@ -63,8 +64,8 @@ def run_cost(result: RunResult, measure: str, target: float) -> float:
         ValueError: unknown measure.
 
     Example:
-        >>> from curvlab.harness.runner import CurvePoint
-        >>> r = RunResult("k", "done", "steps", {"final_loss": 0.2},
+        >>> from curvlab.harness.results import CurvePoint, RunMetrics
+        >>> r = RunResult("k", "done", "steps", RunMetrics(final_loss=0.2),
         ...               {}, [CurvePoint("eval", 0, 0.0, 2.0), CurvePoint("eval", 10, 0.5, 0.2)])
         >>> run_cost(r, "steps", 1.0), run_cost(r, "seconds", 1.0), run_cost(r, "loss", 1.0)
         (10.0, 0.5, 0.2)
@@ -73,11 +74,10 @@ def run_cost(result: RunResult, measure: str, target: float) -> float:
     """
     if measure not in MEASURES:
         raise ValueError(f"measure must be one of {MEASURES}, got {measure!r}")
-    if result.status != "done" or result.metrics.get("diverged"):
+    if result.failed:
         return math.inf
     if measure == "loss":
-        loss = float(result.metrics.get("final_loss", math.inf))
-        return loss if math.isfinite(loss) else math.inf
+        return result.ranked_loss
     hit = time_to_target(result.curve, target)
     if hit is None:
         return math.inf
@@ -327,15 +327,12 @@ def write_profile(profile: Profile, out_dir: str | Path,
         >>> [f.name for f in write_profile(p, tempfile.mkdtemp())]
         ['profile_loss.md', 'profile_loss.csv', 'ratios_loss.csv', 'profile_loss.png']
     """
-    from curvlab.harness.report import _write_csv
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_folder(out_dir)
     m = profile.measure
     md, rho_csv, ratio_csv, png = (out / f"profile_{m}.md", out / f"profile_{m}.csv",
                                    out / f"ratios_{m}.csv", out / f"profile_{m}.png")
     md.write_text(f"# Performance profile (cost: {m})\n\n" + profile_table(profile, taus) + "\n")
-    _write_csv(rho_csv, [{"optimizer": s, **{f"tau={t:g}": profile.rho(s, t) for t in taus}}
+    write_csv(rho_csv, [{"optimizer": s, **{f"tau={t:g}": profile.rho(s, t) for t in taus}}
                          for s in profile.solvers])
     rows: list[dict[str, Any]] = []
     for p in profile.problems:
@@ -343,6 +340,6 @@ def write_profile(profile: Profile, out_dir: str | Path,
             rows.append({"problem": p, "comparison": profile.comparisons.get(p, ""),
                          "optimizer": s, "cost": profile.costs[p][s],
                          "ratio": profile.ratios[p][s]})
-    _write_csv(ratio_csv, rows)
+    write_csv(ratio_csv, rows)
     _plot(profile, png)
     return [md, rho_csv, ratio_csv, png]

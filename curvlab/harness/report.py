@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from curvlab.harness.results import RunResult
 
 if TYPE_CHECKING:
     from curvlab.harness.compare import Comparison
 
-__all__ = ["REPORT_FILES", "format_pm", "markdown_table", "write_report"]
+__all__ = ["REPORT_FILES", "format_pm", "markdown_table", "prepare_folder", "write_csv", "write_report"]
 
 REPORT_FILES = ("summary.md", "summary.csv", "runs.csv", "curves.csv",
                 "loss_vs_step.png", "loss_vs_time.png", "time_to_target.png")
@@ -88,7 +91,17 @@ def markdown_table(rows: list[dict[str, Any]], n_seeds: int) -> str:
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` as CSV; the columns are the union of their keys, in first-seen order.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+        >>> write_csv(p, [{"a": 1}, {"a": 2, "b": 3}]); print(p.read_text().strip())
+        a,b
+        1,
+        2,3
+    """
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
@@ -96,6 +109,11 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
+
+
+def _metric_columns(result: RunResult) -> dict[str, Any]:
+    """A run's metrics as CSV columns, in alphabetical order (none for a failed run)."""
+    return dict(sorted(result.metrics.to_dict().items())) if result.metrics is not None else {}
 
 
 def _mean_curves(comp: Comparison) -> dict[str, list[tuple[int, float, float]]]:
@@ -164,14 +182,43 @@ def _plots(comp: Comparison, rows: list[dict[str, Any]], out: Path) -> list[Path
 def write_report(comp: Comparison, out_dir: str | Path) -> list[Path]:
     """Write the report files (:data:`REPORT_FILES`) of ``comp`` into ``out_dir``.
 
+    Reads the comparison's store only (a store opened read-only is enough).
+
     Raises:
-        ValueError: ``out_dir`` cannot be created.
+        ValueError: ``out_dir`` cannot be created or written (names it).
+    """
+    out = prepare_folder(out_dir)
+    try:
+        return _write_report(comp, out)
+    except OSError as err:
+        raise ValueError(f"cannot write the report into {str(out)!r}: {err}") from None
+
+
+def prepare_folder(out_dir: str | Path) -> Path:
+    """Create the report folder ``out_dir`` (with parents) and check that it is writable.
+
+    Call it before a long comparison so that a bad ``--report`` path fails
+    before any run.
+
+    Raises:
+        ValueError: the folder cannot be created or is not writable (names it).
+
+    Example:
+        >>> import tempfile
+        >>> prepare_folder(tempfile.mkdtemp()).is_dir()
+        True
     """
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"cannot create report folder {str(out)!r}: {err}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"report folder {str(out)!r} is not writable")
+    return out
+
+
+def _write_report(comp: Comparison, out: Path) -> list[Path]:
     rows = comp.summary()
     spec = comp.spec
     budget = ", ".join(f"{k}={spec.get(k)}" for k in ("steps", "seconds", "eval_every"))
@@ -195,7 +242,7 @@ def write_report(comp: Comparison, out_dir: str | Path) -> list[Path]:
         "",
     ]
     (out / "summary.md").write_text("\n".join(md))
-    _write_csv(out / "summary.csv", rows)
+    write_csv(out / "summary.csv", rows)
     run_rows, curve_rows = [], []
     for rec in comp.records(("tune", "final", "reference")):
         res, cfg = rec["result"], rec["config"]
@@ -203,12 +250,13 @@ def write_report(comp: Comparison, out_dir: str | Path) -> list[Path]:
                          "optimizer": cfg.optimizer, "seed": cfg.seed, "status": res.status,
                          "stop_reason": res.stop_reason, "error": res.error,
                          "hparams": ";".join(f"{k}={v}" for k, v in cfg.hparams.items()),
-                         **res.metrics, **{f"stat_{k}": v for k, v in res.stats.items()}})
+                         **_metric_columns(res),
+                         **{f"stat_{k}": v for k, v in res.stats.items()}})
         if rec["role"] != "tune":
             curve_rows += [{"label": rec["label"], "seed": cfg.seed, "step": p.step,
                             "time": p.time, "train_loss": p.loss, "test_loss": p.test_loss,
                             "test_acc": p.test_acc} for p in res.curve if p.kind == "eval"]
-    _write_csv(out / "runs.csv", run_rows)
-    _write_csv(out / "curves.csv", curve_rows)
+    write_csv(out / "runs.csv", run_rows)
+    write_csv(out / "curves.csv", curve_rows)
     paths = [out / n for n in REPORT_FILES[:4]]
     return paths + _plots(comp, rows, out)

@@ -1,11 +1,12 @@
-"""SQLite results store (stdlib :mod:`sqlite3`) with resume semantics.
+"""SQLite results store (stdlib :mod:`sqlite3`) with resume semantics and an identity check.
 
 Tables:
 
 ``runs``
     one row per run key (``RunConfig.key()``): config JSON, curvlab
-    version, ``status`` (``running`` → ``done``/``error``), metrics and
-    optimizer stats JSON, stop reason, error text.
+    version, ``status`` (``running`` → ``done``/``error``), metrics
+    (:class:`~curvlab.harness.results.RunMetrics` as JSON) and optimizer
+    stats JSON, stop reason, error text.
 ``curves``
     ``(key, kind, step)`` → time, loss, test loss, test accuracy.
 ``members``
@@ -13,6 +14,18 @@ Tables:
     ``final``, ``reference``) and label (optimizer name or ablation value).
 ``comparisons``
     id, creation time and the comparison's settings JSON.
+
+Identity: a store carries SQLite's ``application_id`` :data:`APPLICATION_ID`
+and its format number :data:`STORE_FORMAT` in ``user_version``. Stores
+written before the stamp existed (format 0: application id 0 and exactly
+these tables) are read as they are and stamped when opened for writing.
+Before anything is written, and also when a store is opened read-only, the
+file is checked: it must be an SQLite database, pass ``PRAGMA quick_check``,
+carry no other application's id, hold no table but these four with these
+columns, and have a format this curvlab reads. Anything else is refused
+with a :class:`StoreError` naming the file and the problem, and the file is
+left untouched. ``Store(path, readonly=True)`` (what ``curvlab report``
+uses) opens the file read-only and never creates anything.
 
 Resume: a run is marked ``running`` before it starts; its result and
 curve are written in one transaction that also sets ``done``. A killed
@@ -23,18 +36,26 @@ are skipped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import sqlite3
+import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from curvlab.harness.config import RunConfig
-from curvlab.harness.runner import CurvePoint, RunResult
+from curvlab.harness.results import CurvePoint, RunMetrics, RunResult
 
-__all__ = ["Store"]
+__all__ = ["APPLICATION_ID", "STORE_FORMAT", "Store", "StoreError"]
+
+#: SQLite ``application_id`` of a curvlab results store (ASCII ``cvlb``).
+APPLICATION_ID = 0x63766C62
+#: Format number in ``user_version``: 1 = the four tables below, stamped.
+STORE_FORMAT = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -50,7 +71,11 @@ CREATE TABLE IF NOT EXISTS members (
 """
 
 
-def _dumps(obj: Any) -> str:
+class StoreError(ValueError):
+    """The results store cannot be used: not SQLite, damaged, foreign, newer, read-only, missing."""
+
+
+def _dumps(obj: dict[str, Any]) -> str:
     def fix(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             return repr(v)  # 'inf', 'nan' (JSON has no such numbers)
@@ -64,15 +89,41 @@ def _loads(text: str | None) -> dict[str, Any]:
     return {k: (float(v) if v in ("inf", "-inf", "nan") else v) for k, v in out.items()}
 
 
+def _columns(conn: sqlite3.Connection) -> dict[str, list[tuple[str, str, int]]]:
+    """``table → [(column, declared type, primary-key position)]`` of the user tables."""
+    names = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+        "ORDER BY name")]
+    return {t: [(r[1], r[2], r[5]) for r in conn.execute(f"PRAGMA table_info('{t}')")]
+            for t in names}
+
+
+def _expected_columns() -> dict[str, list[tuple[str, str, int]]]:
+    with contextlib.closing(sqlite3.connect(":memory:")) as mem:
+        mem.executescript(_SCHEMA)
+        return _columns(mem)
+
+
+def _is_read_only(path: Path) -> bool:
+    mode = path.stat().st_mode
+    no_write_bit = not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    return no_write_bit or not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK)
+
+
 class Store:
-    """A results database file (created with its parent folder if missing).
+    """A results database file (created with its parent folder if missing, unless read-only).
 
     Args:
         path: SQLite file, or ``":memory:"``.
+        readonly: Open the file read-only (it must exist); nothing is ever
+            created or written.
 
     Raises:
-        ValueError: the path cannot be created or opened for writing (message
-            names it).
+        StoreError: (a ``ValueError``) the file is missing (read-only), cannot
+            be created or written, is not an SQLite database, is damaged,
+            belongs to another application, or has a newer format; the
+            message names the file and the problem, and the file is not
+            modified.
 
     Example:
         >>> from curvlab.harness.runner import execute
@@ -81,20 +132,108 @@ class Store:
         >>> s.needs_run(cfg.key())
         True
         >>> s.mark_running(cfg); s.save(execute(cfg))
-        >>> s.needs_run(cfg.key()), s.result(cfg.key()).metrics["steps"]
+        >>> s.needs_run(cfg.key()), s.result(cfg.key()).metrics.steps
         (False, 5)
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = str(path)
+        self.readonly = readonly
+        self.conn = self._connect()
         try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path, timeout=30.0)
-            self.conn.executescript(_SCHEMA)
-            self.conn.commit()
+            current = self._check()
+            if not readonly and not current:
+                self._stamp()
+        except BaseException:
+            self.conn.close()
+            raise
+
+    # ------------------------------------------------------------ opening
+    def _connect(self) -> sqlite3.Connection:
+        where = self.path
+        if where == ":memory:":
+            return sqlite3.connect(where)
+        file = Path(where)
+        if self.readonly:
+            if not file.is_file():
+                raise StoreError(f"results store {where!r} does not exist")
+            try:
+                return sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+            except sqlite3.Error as err:
+                raise StoreError(f"cannot open results store {where!r}: {err}") from None
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            if file.exists() and _is_read_only(file):
+                raise StoreError(f"results store {where!r} is read-only; pass another --store "
+                                 "to write new runs (curvlab report reads it as it is)")
+            return sqlite3.connect(where, timeout=30.0)
         except (OSError, sqlite3.Error) as err:
-            raise ValueError(f"cannot open results store {self.path!r} for writing: {err}") from None
+            raise StoreError(f"cannot open results store {where!r} for writing: {err}") from None
+
+    def _check(self) -> bool:
+        """Refuse anything but a curvlab store (reads only); True when it needs no stamp."""
+        where = self.path
+        try:
+            app_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
+            fmt = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as err:
+            raise StoreError(f"{where!r} is not an SQLite database, so not a curvlab results "
+                             f"store ({err})") from None
+        if app_id not in (0, APPLICATION_ID):
+            raise StoreError(f"{where!r} is not a curvlab results store (it belongs to another "
+                             f"application: SQLite application_id {app_id:#010x})")
+        try:
+            problems = [r[0] for r in self.conn.execute("PRAGMA quick_check").fetchall()]
+            tables = _columns(self.conn)
+        except sqlite3.Error as err:
+            raise StoreError(f"results store {where!r} is damaged: {err}") from None
+        if problems != ["ok"]:
+            lines = [ln.strip() for p in problems for ln in str(p).splitlines()
+                     if ln.strip() and not ln.startswith("***")] or [str(problems[0])]
+            extra = f" (+{len(lines) - 1} more)" if len(lines) > 1 else ""
+            raise StoreError(f"results store {where!r} is damaged: {lines[0]}{extra}")
+        if app_id == APPLICATION_ID and fmt > STORE_FORMAT:
+            raise StoreError(f"results store {where!r} has format {fmt}, written by a newer "
+                             f"curvlab; this one reads formats up to {STORE_FORMAT}")
+        expected = _expected_columns()
+        foreign = sorted(set(tables) - set(expected))
+        if foreign:
+            raise StoreError(f"{where!r} is not a curvlab results store: it holds table(s) "
+                             f"{', '.join(foreign)}")
+        for name, cols in tables.items():
+            if cols != expected[name]:
+                raise StoreError(
+                    f"{where!r} is not a curvlab results store: table {name} has columns "
+                    f"({', '.join(c[0] for c in cols)}), expected "
+                    f"({', '.join(c[0] for c in expected[name])})")
+        return app_id == APPLICATION_ID and fmt == STORE_FORMAT and set(tables) == set(expected)
+
+    def _stamp(self) -> None:
+        """Create the missing tables and stamp identity and format, in one transaction."""
+        with self._guard("initialise it"):
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                self.conn.execute(f"PRAGMA user_version = {STORE_FORMAT}")
+            except BaseException:
+                self.conn.rollback()
+                raise
+            self.conn.commit()
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Turn an SQLite error into a :class:`StoreError` naming the file and the action."""
+        try:
+            yield
+        except sqlite3.Error as err:
+            raise StoreError(f"results store {self.path!r}: cannot {action}: {err}") from None
+
+    def _rows(self, action: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._guard(action):
+            return self.conn.execute(sql, params).fetchall()
 
     def close(self) -> None:
         """Close the connection."""
@@ -103,8 +242,8 @@ class Store:
     # ---------------------------------------------------------------- runs
     def status(self, key: str) -> str | None:
         """``None`` (unknown), ``"running"``, ``"done"`` or ``"error"``."""
-        row = self.conn.execute("SELECT status FROM runs WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+        rows = self._rows("read a run", "SELECT status FROM runs WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
 
     def needs_run(self, key: str) -> bool:
         """True unless the run finished (``done``); errors and half-done runs are redone."""
@@ -112,10 +251,10 @@ class Store:
 
     def mark_running(self, config: RunConfig) -> None:
         """Record that ``config`` starts (replacing any half-done row and its curve)."""
-        key = config.key()
         import curvlab
 
-        with self.conn:
+        key = config.key()
+        with self._guard("record a run"), self.conn:
             self.conn.execute("DELETE FROM curves WHERE key = ?", (key,))
             self.conn.execute(
                 "INSERT OR REPLACE INTO runs (key, problem, optimizer, seed, config, version, "
@@ -126,7 +265,8 @@ class Store:
 
     def save(self, result: RunResult) -> None:
         """Store a finished run (metrics, stats, curve) atomically."""
-        with self.conn:
+        metrics = result.metrics.to_dict() if result.metrics is not None else {}
+        with self._guard("save a run"), self.conn:
             self.conn.execute("DELETE FROM curves WHERE key = ?", (result.key,))
             self.conn.executemany(
                 "INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -136,47 +276,65 @@ class Store:
             self.conn.execute(
                 "UPDATE runs SET status = ?, stop_reason = ?, metrics = ?, stats = ?, error = ?, "
                 "finished = ? WHERE key = ?",
-                (result.status, result.stop_reason, _dumps(result.metrics), _dumps(result.stats),
+                (result.status, result.stop_reason, _dumps(metrics), _dumps(result.stats),
                  result.error, time.time(), result.key),
             )
 
     def config(self, key: str) -> RunConfig:
-        """The stored config of run ``key``."""
-        row = self.conn.execute("SELECT config FROM runs WHERE key = ?", (key,)).fetchone()
-        if row is None:
+        """The stored config of run ``key``.
+
+        Raises:
+            KeyError: no such run.
+            StoreError: the stored config is not one this curvlab reads.
+        """
+        rows = self._rows("read a run", "SELECT config FROM runs WHERE key = ?", (key,))
+        if not rows:
             raise KeyError(key)
-        return RunConfig.from_dict(json.loads(row[0]))
+        try:
+            return RunConfig.from_dict(json.loads(rows[0][0]))
+        except (TypeError, ValueError) as err:
+            raise StoreError(f"results store {self.path!r}: run {key} has a config this "
+                             f"curvlab cannot read: {err}") from None
 
     def result(self, key: str, *, curve: bool = False) -> RunResult:
-        """The stored result of run ``key`` (with its curve when asked)."""
-        row = self.conn.execute(
-            "SELECT status, stop_reason, metrics, stats, error FROM runs WHERE key = ?", (key,)
-        ).fetchone()
-        if row is None:
+        """The stored result of run ``key`` (with its curve when asked).
+
+        Raises:
+            KeyError: no such run.
+            StoreError: the stored metrics are not ones this curvlab reads.
+        """
+        rows = self._rows("read a run",
+                          "SELECT status, stop_reason, metrics, stats, error FROM runs WHERE key = ?",
+                          (key,))
+        if not rows:
             raise KeyError(key)
+        status, stop, metrics, stats, error = rows[0]
+        values = _loads(metrics)
+        try:
+            record = RunMetrics.from_dict(values) if values else None
+        except (TypeError, ValueError) as err:
+            raise StoreError(f"results store {self.path!r}: run {key}: {err}") from None
         points = self.curve(key) if curve else []
-        return RunResult(key, row[0], row[1] or "", _loads(row[2]), _loads(row[3]), points,
-                         row[4] or "")
+        return RunResult(key, status, stop or "", record, _loads(stats), points, error or "")
 
     def curve(self, key: str) -> list[CurvePoint]:
         """The recorded points of run ``key``, batch points then eval points, by step."""
-        rows = self.conn.execute(
+        rows = self._rows(
+            "read a curve",
             "SELECT kind, step, time, loss, test_loss, test_acc FROM curves WHERE key = ? "
-            "ORDER BY kind, step", (key,)
-        ).fetchall()
+            "ORDER BY kind, step", (key,))
         # SQLite stores NaN as NULL: a NULL train loss is read back as NaN
         return [CurvePoint(k, st, t, math.nan if loss is None else loss, tl, ta)
                 for k, st, t, loss, tl, ta in rows]
 
     def count_runs(self) -> dict[str, int]:
         """Number of runs per status."""
-        rows = self.conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()
-        return dict(rows)
+        return dict(self._rows("count runs", "SELECT status, COUNT(*) FROM runs GROUP BY status"))
 
     # --------------------------------------------------------- comparisons
     def add_comparison(self, cid: str, spec: dict[str, Any]) -> None:
         """Create (or keep) comparison ``cid`` with its settings."""
-        with self.conn:
+        with self._guard("record a comparison"), self.conn:
             self.conn.execute(
                 "INSERT OR IGNORE INTO comparisons VALUES (?, ?, ?)",
                 (cid, time.time(), json.dumps(spec, sort_keys=True)),
@@ -184,7 +342,7 @@ class Store:
 
     def add_members(self, cid: str, rows: Iterable[tuple[str, str, str]]) -> None:
         """Attach ``(key, role, label)`` rows to comparison ``cid`` (idempotent)."""
-        with self.conn:
+        with self._guard("record a comparison"), self.conn:
             self.conn.executemany(
                 "INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?)",
                 [(cid, k, role, label) for k, role, label in rows],
@@ -192,14 +350,18 @@ class Store:
 
     def members(self, cid: str) -> list[tuple[str, str, str]]:
         """``(key, role, label)`` rows of comparison ``cid``."""
-        return self.conn.execute(
-            "SELECT key, role, label FROM members WHERE comparison = ? ORDER BY rowid", (cid,)
-        ).fetchall()
+        return self._rows("read a comparison",
+                          "SELECT key, role, label FROM members WHERE comparison = ? ORDER BY rowid",
+                          (cid,))
 
     def comparisons(self) -> list[tuple[str, float, dict[str, Any]]]:
         """``(id, created, spec)`` of every comparison, oldest first."""
-        rows = self.conn.execute("SELECT id, created, spec FROM comparisons ORDER BY created")
-        return [(r[0], r[1], json.loads(r[2])) for r in rows.fetchall()]
+        if not self._rows("read comparisons", "SELECT name FROM sqlite_master "
+                          "WHERE type = 'table' AND name = 'comparisons'"):
+            return []  # an empty database opened read-only
+        rows = self._rows("read comparisons", "SELECT id, created, spec FROM comparisons "
+                          "ORDER BY created")
+        return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
     def comparison(self, cid: str | None = None) -> tuple[str, dict[str, Any]]:
         """``(id, spec)`` of comparison ``cid`` (default: the latest).

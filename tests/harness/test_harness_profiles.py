@@ -9,7 +9,7 @@ import pytest
 
 from curvlab.harness.compare import compare
 from curvlab.harness.profiles import Profile, performance_profile, performance_ratios, rho, run_cost
-from curvlab.harness.runner import CurvePoint, RunResult
+from curvlab.harness.results import CurvePoint, RunMetrics, RunResult
 from curvlab.harness.store import Store
 
 INF = math.inf
@@ -67,13 +67,13 @@ def test_bad_costs_are_named():
 CURVE = [CurvePoint("eval", 0, 0.0, 2.0), CurvePoint("eval", 5, 0.1, 0.9),
          CurvePoint("eval", 10, 0.3, 0.4)]
 RUNS = [  # (id, result, measure, target, cost)
-    ("steps", RunResult("k", "done", "steps", {"final_loss": 0.4}, {}, CURVE), "steps", 1.0, 5.0),
-    ("seconds", RunResult("k", "done", "steps", {"final_loss": 0.4}, {}, CURVE), "seconds", 0.5, 0.3),
-    ("loss", RunResult("k", "done", "steps", {"final_loss": 0.4}, {}, CURVE), "loss", 0.0, 0.4),
-    ("missed", RunResult("k", "done", "steps", {"final_loss": 0.4}, {}, CURVE), "steps", 0.1, INF),
-    ("diverged", RunResult("k", "done", "diverged", {"final_loss": INF, "diverged": True}, {}, CURVE),
+    ("steps", RunResult("k", "done", "steps", RunMetrics(final_loss=0.4), {}, CURVE), "steps", 1.0, 5.0),
+    ("seconds", RunResult("k", "done", "steps", RunMetrics(final_loss=0.4), {}, CURVE), "seconds", 0.5, 0.3),
+    ("loss", RunResult("k", "done", "steps", RunMetrics(final_loss=0.4), {}, CURVE), "loss", 0.0, 0.4),
+    ("missed", RunResult("k", "done", "steps", RunMetrics(final_loss=0.4), {}, CURVE), "steps", 0.1, INF),
+    ("diverged", RunResult("k", "done", "diverged", RunMetrics(final_loss=INF, diverged=True), {}, CURVE),
      "steps", 1.0, INF),
-    ("error", RunResult("k", "error", "", {}, {}, [], "boom"), "loss", 1.0, INF),
+    ("error", RunResult("k", "error", "", None, {}, [], "boom"), "loss", 1.0, INF),
 ]
 
 

@@ -101,15 +101,16 @@ def test_half_done_run_is_redone_without_duplicate_curve(tmp_path):
 
 
 def test_nan_and_inf_survive_the_store():
-    from curvlab.harness.runner import CurvePoint, RunResult
+    from curvlab.harness.results import CurvePoint, RunMetrics, RunResult
 
     store = Store(":memory:")
     cfg = RunConfig("quadratic", "sgd", {"lr": 0.1}, seed=0, steps=2)
     store.mark_running(cfg)
     pts = [CurvePoint("batch", 1, 0.1, float("nan")), CurvePoint("eval", 1, 0.1, float("inf"))]
-    store.save(RunResult(cfg.key(), "done", "diverged", {"final_loss": float("inf")}, {}, pts))
+    store.save(RunResult(cfg.key(), "done", "diverged", RunMetrics(final_loss=float("inf")), {},
+                         pts))
     back = store.result(cfg.key(), curve=True)
-    assert back.metrics["final_loss"] == float("inf")
+    assert back.metrics.final_loss == float("inf")
     assert math.isnan(back.curve[0].loss) and back.curve[1].loss == float("inf")
 
 
@@ -152,7 +153,7 @@ def test_tuning_picks_lowest_final_loss_and_reruns_seeds(tmp_path):
                    store=store, executor="serial")
     tune = comp.records(("tune",))
     assert len(tune) == 4  # sgd's lr grid
-    best = min(tune, key=lambda r: r["result"].metrics["final_loss"])
+    best = min(tune, key=lambda r: r["result"].metrics.final_loss)
     finals = comp.records(("final",))
     assert sorted(r["config"].seed for r in finals) == [0, 1]
     assert all(r["config"].hparams == best["config"].hparams for r in finals)

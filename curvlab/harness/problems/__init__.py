@@ -1,8 +1,13 @@
 """Benchmark problems, discovered through the ``curvlab.problems`` entry-point group.
 
 Built in: ``digits-mlp``, ``digits-cnn``, ``digits-autoencoder``,
-``curves-autoencoder``, ``teacher-student``, ``quadratic``, ``mnist-mlp``,
-``mnist-autoencoder``. A third-party package adds one with::
+``curves-autoencoder``, ``teacher-student``, ``quadratic`` (built-in data);
+``fashion-mlp``, ``fashion-autoencoder``, ``fashion-cnn`` (Fashion-MNIST,
+``apt-get install dataset-fashion-mnist``); ``mnist-mlp``,
+``mnist-autoencoder``, ``mnist-cnn`` (MNIST from ``--data-dir``);
+``text-transformer`` (the Python standard library's source, or a text
+file). :mod:`curvlab.harness.data` tells where each dataset is found. A
+third-party package adds a problem with::
 
     [project.entry-points."curvlab.problems"]
     myproblem = "mypackage.problems:MyProblem"   # a Problem subclass
@@ -13,15 +18,24 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from curvlab.harness.problems.base import BatchStream, Dataset, Problem
+from curvlab.harness.problems.base import BatchStream, Dataset, Evaluation, Problem
 from curvlab.harness.problems.curves import CurvesAutoencoder
 from curvlab.harness.problems.digits import DigitsAutoencoder, DigitsCNN, DigitsMLP
-from curvlab.harness.problems.mnist import MNISTMLP, MNISTAutoencoder
+from curvlab.harness.problems.mnist import (
+    MNISTCNN,
+    MNISTMLP,
+    FashionAutoencoder,
+    FashionCNN,
+    FashionMLP,
+    MNISTAutoencoder,
+)
 from curvlab.harness.problems.synthetic import Quadratic, TeacherStudent
+from curvlab.harness.problems.text import TextTransformer
 from curvlab.registry import Registry
 
 __all__ = [
     "PROBLEMS",
+    "MNISTCNN",
     "MNISTMLP",
     "BatchStream",
     "CurvesAutoencoder",
@@ -29,10 +43,15 @@ __all__ = [
     "DigitsAutoencoder",
     "DigitsCNN",
     "DigitsMLP",
+    "Evaluation",
+    "FashionAutoencoder",
+    "FashionCNN",
+    "FashionMLP",
     "MNISTAutoencoder",
     "Problem",
     "Quadratic",
     "TeacherStudent",
+    "TextTransformer",
     "available_problems",
     "load_problem",
 ]
@@ -57,10 +76,15 @@ def available_problems() -> list[str]:
 
 
 def load_problem(name: str, **options: Any) -> Problem:
-    """Instantiate the problem registered as ``name`` with ``options`` (``small``, ``data_dir``).
+    """Instantiate the problem registered as ``name`` with ``options``.
+
+    Options (see :class:`Problem`): ``small``, ``data_dir``, ``batch_size``,
+    ``fresh_batch_size``, ``split_seed``, ``eval_size``;
+    ``load_problem(name, **p.options())`` rebuilds ``p``.
 
     Raises:
-        ValueError: unknown name (lists the available ones and a close match).
+        ValueError: unknown name (lists the available ones and a close match),
+            or an option out of range.
 
     Example:
         >>> load_problem("Digits-MLP").name

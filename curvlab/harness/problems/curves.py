@@ -52,10 +52,11 @@ class CurvesAutoencoder(Problem):
         >>> p = CurvesAutoencoder(small=True)
         >>> d = p.load_data()
         >>> d.n_train, p.init_model(0)(d.x_test[:2]).shape
-        (512, torch.Size([2, 784]))
+        (461, torch.Size([2, 784]))
     """
 
     name = "curvesautoencoder"
+    dataset = "synthetic"
     summary = "synthetic CURVES-like 28x28 Bezier images, AE 784-400-200-100-50-25-6 mirrored"
     task = "autoencoder"
     batch_size = 256
@@ -63,11 +64,14 @@ class CurvesAutoencoder(Problem):
     loss_scale = 784.0
 
     def load_data(self) -> Dataset:
-        """10000 train / 2000 test images (small: 512 / 128), data seed 0 (test: seed 1)."""
+        """10000 train / 2000 test images (small: 512 / 128), data seed 0 (test: seed 1).
+
+        The validation split takes 10 % of the training images (1000; small: 51).
+        """
         n_train, n_test = (512, 128) if self.small else (10000, 2000)
         xtr = torch.from_numpy(make_curves(n_train, seed=0))
         xte = torch.from_numpy(make_curves(n_test, seed=1))
-        return Dataset(xtr, xtr.clone(), xte, xte.clone())
+        return self.with_validation(Dataset(xtr, xtr.clone(), xte, xte.clone()))
 
     def build_model(self) -> nn.Sequential:
         """The paper's mirrored AE (small: 784-64-6 mirrored)."""

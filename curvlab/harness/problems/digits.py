@@ -1,7 +1,10 @@
 """Problems on scikit-learn's 8×8 digits (1797 images, 10 classes; ships with sklearn).
 
 Pixels are scaled to ``[0, 1]`` (``x / 16``). The train/test split is fixed:
-a permutation drawn with ``numpy.random.RandomState(0)``, the first 80 % train.
+a permutation drawn with ``numpy.random.RandomState(0)``, the first 80 % train
+(1438 images), the rest test (359). The validation split then takes 10 % of
+the training images (144, chosen with the problem's ``split_seed``), leaving
+1294 for training.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class DigitsMLP(Problem):
     """
 
     name = "digitsmlp"
+    dataset = "digits"
     summary = "sklearn digits, MLP 64-128-64-10 ReLU, cross-entropy"
     task = "classification"
     batch_size = 128
@@ -63,7 +67,7 @@ class DigitsMLP(Problem):
 
     def load_data(self) -> Dataset:
         """Fixed split of the 1797 digits (see module docstring)."""
-        return _as_dataset(None)
+        return self.with_validation(_as_dataset(None))
 
     def build_model(self) -> nn.Sequential:
         """64-128-64-10 ReLU MLP."""
@@ -90,7 +94,7 @@ class DigitsCNN(DigitsMLP):
 
     def load_data(self) -> Dataset:
         """The digits reshaped to ``N×1×8×8``."""
-        return _as_dataset((1, 8, 8))
+        return self.with_validation(_as_dataset((1, 8, 8)))
 
     def build_model(self) -> nn.Sequential:
         """Conv2d(1→16, 3×3) ReLU MaxPool, Conv2d(16→32, 3×3) ReLU MaxPool, Linear(128→10)."""
@@ -135,6 +139,7 @@ class DigitsAutoencoder(Problem):
     """
 
     name = "digitsautoencoder"
+    dataset = "digits"
     summary = "sklearn digits, ReLU AE 64-256-128-64-16 mirrored, sigmoid CE summed over pixels"
     task = "autoencoder"
     batch_size = 256
@@ -143,7 +148,7 @@ class DigitsAutoencoder(Problem):
 
     def load_data(self) -> Dataset:
         """Digits as inputs and targets."""
-        return _as_dataset(None, autoencoder=True)
+        return self.with_validation(_as_dataset(None, autoencoder=True))
 
     def build_model(self) -> nn.Sequential:
         """64-256-128-64-16-64-128-256-64."""

@@ -15,7 +15,8 @@ class Quadratic(Problem):
 
     Inputs ``x ~ N(0, diag(s²))`` with scales ``s`` log-spaced from 1 to
     ``10⁻¹·⁵`` (Hessian condition number ≈ 10³), ``y = xᵀw* + 0.1 ε``. The
-    optimum is known in closed form (least squares on the training set):
+    optimum is known in closed form (least squares on the training split,
+    i.e. without the 205 validation rows):
     :attr:`optimum` is filled in by :meth:`load_data`. A Newton-type method
     reaches it in a few steps; plain gradient descent crawls along the
     small-scale directions.
@@ -24,10 +25,11 @@ class Quadratic(Problem):
         >>> p = Quadratic()
         >>> d = p.load_data()
         >>> d.x_train.shape, 0.0 < p.optimum < 0.02
-        (torch.Size([2048, 20]), True)
+        (torch.Size([1843, 20]), True)
     """
 
     name = "quadratic"
+    dataset = "synthetic"
     summary = "linear least squares, condition number ~1e3, closed-form optimum"
     task = "regression"
     batch_size = 256
@@ -35,17 +37,22 @@ class Quadratic(Problem):
     dim = 20
 
     def load_data(self) -> Dataset:
-        """Seeded data (generator seed 0); sets ``self.optimum`` to the least-squares loss."""
+        """Seeded data (generator seed 0); sets ``self.optimum`` to the least-squares loss.
+
+        2048 train / 512 test rows; the validation split then takes 205 of the
+        training rows, and the optimum is that of the remaining 1843.
+        """
         g = torch.Generator().manual_seed(0)
         scales = torch.logspace(0, -1.5, self.dim, dtype=torch.float64)
         w = torch.randn(self.dim, 1, generator=g, dtype=torch.float64)
         x = torch.randn(2560, self.dim, generator=g, dtype=torch.float64) * scales
         y = x @ w + 0.1 * torch.randn(2560, 1, generator=g, dtype=torch.float64)
-        xtr, ytr = x[:2048], y[:2048]
-        a = torch.cat([xtr, torch.ones(2048, 1, dtype=torch.float64)], 1)
+        data = self.with_validation(Dataset(x[:2048], y[:2048], x[2048:], y[2048:]))
+        xtr, ytr = data.x_train, data.y_train
+        a = torch.cat([xtr, torch.ones(xtr.shape[0], 1, dtype=torch.float64)], 1)
         sol = torch.linalg.lstsq(a, ytr).solution
         self.optimum = float(((a @ sol - ytr) ** 2).mean())
-        return Dataset(xtr.float(), ytr.float(), x[2048:].float(), y[2048:].float())
+        return data.to("cpu", torch.float32)
 
     def build_model(self) -> nn.Sequential:
         """One Linear layer (weights and bias)."""
@@ -70,6 +77,7 @@ class TeacherStudent(Problem):
     """
 
     name = "teacherstudent"
+    dataset = "synthetic"
     summary = "regress a random tanh teacher MLP 16-32-32-1 with the same architecture; optimum 0"
     task = "regression"
     batch_size = 128
@@ -77,7 +85,7 @@ class TeacherStudent(Problem):
     optimum = 0.0
 
     def load_data(self) -> Dataset:
-        """2048 train / 512 test Gaussian inputs labelled by the teacher."""
+        """2048 train / 512 test Gaussian inputs labelled by the teacher (validation: 205 of the 2048)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1234)
             teacher = self.build_model()
@@ -86,7 +94,7 @@ class TeacherStudent(Problem):
             x = torch.randn(2560, 16)
         with torch.no_grad():
             y = teacher(x)
-        return Dataset(x[:2048], y[:2048], x[2048:], y[2048:])
+        return self.with_validation(Dataset(x[:2048], y[:2048], x[2048:], y[2048:]))
 
     def build_model(self) -> nn.Sequential:
         """16-32-32-1 tanh MLP."""
