@@ -55,37 +55,42 @@ class Adam(CurvatureOptimizer):
 
     @torch.no_grad()
     def _update(self, closure, evaluation: Evaluation) -> Step | Skip:
-        commits = []
+        commits = []  # (params, candidates, new states) per group and step count
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            by_step: dict[float, list[torch.Tensor]] = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                state = self.state[p]
-                step = state["step"] + 1 if state else torch.tensor(1.0)
-                m = state["exp_avg"] if state else torch.zeros_like(p)
-                v = state["exp_avg_sq"] if state else torch.zeros_like(p)
-                new = p
+                if p.grad is not None:
+                    t = float(self.state[p]["step"]) + 1 if self.state[p] else 1.0
+                    by_step.setdefault(t, []).append(p)
+            for t, ps in by_step.items():
+                fresh = not self.state[ps[0]]
+                gs = [p.grad for p in ps]
+                ms = [torch.zeros_like(p) for p in ps] if fresh else [self.state[p]["exp_avg"] for p in ps]
+                vs = [torch.zeros_like(p) for p in ps] if fresh else [self.state[p]["exp_avg_sq"] for p in ps]
+                base = ps
                 if wd != 0:
                     if group["decoupled"]:
-                        new = p.mul(1 - lr * wd)
+                        base = torch._foreach_mul(ps, 1 - lr * wd)
                     else:
-                        g = g.add(p, alpha=wd)
-                t = float(step)
-                m = m.lerp(g, 1 - b1)
-                v = v.mul(b2).addcmul_(g, g, value=1 - b2)
+                        gs = torch._foreach_add(gs, ps, alpha=wd)
+                m_new = torch._foreach_lerp(ms, gs, 1 - b1)
+                v_new = torch._foreach_mul(vs, b2)
+                torch._foreach_addcmul_(v_new, gs, gs, value=1 - b2)
                 bc1, bc2 = 1 - b1**t, 1 - b2**t
-                denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
+                denom = torch._foreach_sqrt(v_new)
+                torch._foreach_div_(denom, math.sqrt(bc2))
+                torch._foreach_add_(denom, eps)
                 size = lr / bc1
-                if abs(size) <= torch.finfo(p.dtype).max:
-                    new = new.addcdiv(m, denom, value=-size)
+                if abs(size) <= torch.finfo(ps[0].dtype).max:
+                    new = torch._foreach_addcdiv(base, m_new, denom, value=-size)
                 else:  # value= cannot hold it: the saturating product overflows to inf instead
-                    new = new - m * size / denom
-                commits.append((p, new, {"step": step, "exp_avg": m, "exp_avg_sq": v}))
-        if not all_finite([t for _, new, st in commits for t in (new, st["exp_avg_sq"])]):
+                    new = torch._foreach_sub(base, torch._foreach_div(torch._foreach_mul(m_new, size), denom))
+                commits.append((ps, new, torch.tensor(t), m_new, v_new))
+        if not all_finite([x for _, new, _, _, v in commits for x in (*new, *v)]):
             return Skip("non-finite update (overflow of the Adam step)")
-        for p, new, st in commits:
-            p.copy_(new)
-            self.state[p].update(st)
+        for ps, new, step, m_new, v_new in commits:
+            torch._foreach_copy_(ps, new)
+            for p, m, v in zip(ps, m_new, v_new):
+                self.state[p].update(step=step.clone(), exp_avg=m, exp_avg_sq=v)
         return Step()
