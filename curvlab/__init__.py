@@ -14,13 +14,21 @@ from curvlab.api import (
     available,
     create,
     info,
+    refresh,
     register,
     unavailable,
     unregister,
 )
 from curvlab.closure import Closure, LossClosure, closure
 from curvlab.hparams import HParam, Schema
-from curvlab.optimizer import CurvatureOptimizer, NonFiniteStepWarning, OptimizerMeta
+from curvlab.optimizer import (
+    CurvatureOptimizer,
+    Evaluation,
+    NonFiniteStepWarning,
+    OptimizerMeta,
+    Skip,
+    Step,
+)
 from curvlab.registry import PluginWarning, normalize
 
 __version__ = "0.1.0"
@@ -28,6 +36,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Closure",
     "CurvatureOptimizer",
+    "Evaluation",
     "HParam",
     "LossClosure",
     "NonFiniteStepWarning",
@@ -35,11 +44,14 @@ __all__ = [
     "OptimizerMeta",
     "PluginWarning",
     "Schema",
+    "Skip",
+    "Step",
     "available",
     "closure",
     "create",
     "info",
     "normalize",
+    "refresh",
     "register",
     "unavailable",
     "unregister",

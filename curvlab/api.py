@@ -1,20 +1,25 @@
 """The by-name API: :func:`create`, :func:`available`, :func:`info`, :func:`register`.
 
 These functions use one :class:`~curvlab.registry.Registry` per process for
-the ``curvlab.optimizers`` entry-point group; it holds only the names added
-with :func:`register` (entry points are read on every call, so a package
-installed while the process runs is seen).
+the ``curvlab.optimizers`` entry-point group; it holds the names added with
+:func:`register` and a cache of the entry points, refreshed when
+``sys.path`` or its folders change (so a package installed while the
+process runs is seen at the next call) or explicitly with :func:`refresh`.
+Every optimizer class is validated when it is loaded or registered
+(:func:`check_optimizer_class`): a malformed plugin is reported by name
+instead of failing later with a traceback.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
+from curvlab.closure import CLOSURE_OPTIONS
 from curvlab.hparams import Schema
 from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
 from curvlab.registry import PluginWarning, Registry, normalize
@@ -23,22 +28,69 @@ __all__ = [
     "OptimizerInfo",
     "PluginWarning",
     "available",
+    "check_optimizer_class",
     "create",
     "info",
+    "refresh",
     "register",
     "unavailable",
     "unregister",
 ]
 
 
-def _check_optimizer(name: str, obj: Any) -> None:
+def check_optimizer_class(name: str, obj: Any) -> None:
+    """Raise unless ``obj`` is a well-formed optimizer class (run on every plugin at load).
+
+    Checks: a :class:`~curvlab.optimizer.CurvatureOptimizer` subclass whose
+    ``schema`` is a :class:`~curvlab.hparams.Schema` declaring ``lr``, whose
+    ``meta`` is an :class:`~curvlab.optimizer.OptimizerMeta` with a summary,
+    known closure options, and conformance hyper-parameters the schema accepts.
+
+    Raises:
+        ValueError: names the plugin and the first malformed declaration.
+
+    Example:
+        >>> from curvlab_plugins.baselines import SGD
+        >>> check_optimizer_class("sgd", SGD)
+        >>> class Bad(SGD):
+        ...     meta = None
+        >>> check_optimizer_class("bad", Bad)
+        Traceback (most recent call last):
+        ...
+        ValueError: optimizer plugin 'bad' is malformed: meta must be an OptimizerMeta, got None
+    """
     if not (inspect.isclass(obj) and issubclass(obj, CurvatureOptimizer)):
         raise ValueError(
             f"optimizer plugin {name!r} must be a CurvatureOptimizer subclass, got {obj!r}"
         )
 
+    def bad(text: str) -> ValueError:
+        return ValueError(f"optimizer plugin {name!r} is malformed: {text}")
 
-OPTIMIZERS = Registry("curvlab.optimizers", kind="optimizer", validate=_check_optimizer)
+    schema, meta = getattr(obj, "schema", None), getattr(obj, "meta", None)
+    if not isinstance(schema, Schema):
+        raise bad(f"schema must be a curvlab.Schema, got {schema!r:.60}")
+    if "lr" not in schema:
+        raise bad("its schema must declare 'lr' (LR schedulers and the harness drive it)")
+    if not isinstance(meta, OptimizerMeta):
+        raise bad(f"meta must be an OptimizerMeta, got {meta!r:.60}")
+    if not isinstance(meta.summary, str) or not meta.summary.strip():
+        raise bad("meta.summary must be a non-empty string")
+    unknown = set(meta.closure_options) - set(CLOSURE_OPTIONS)
+    if unknown:
+        raise bad(f"meta.closure_options has unknown option(s) {sorted(unknown)}; allowed: "
+                  f"{', '.join(CLOSURE_OPTIONS)}")
+    if not isinstance(meta.conformance, Mapping):
+        raise bad(f"meta.conformance must be a mapping, got {meta.conformance!r:.60}")
+    try:
+        schema.validate(meta.conformance, partial=True)
+    except ValueError as err:
+        raise bad(f"meta.conformance: {err}") from None
+    if not isinstance(getattr(obj, "name", None), str):
+        raise bad(f"name must be a string, got {getattr(obj, 'name', None)!r:.60}")
+
+
+OPTIMIZERS = Registry("curvlab.optimizers", kind="optimizer", validate=check_optimizer_class)
 
 
 @dataclass(frozen=True)
@@ -81,11 +133,11 @@ class OptimizerInfo:
         lines.append(f"losses: {', '.join(self.meta.losses)}")
         if self.meta.closure_options:
             lines.append(f"closure options: {', '.join(self.meta.closure_options)}")
-        lines.append("hyper-parameters:")
+        lines.append("hyper-parameters (scope: group = per param group, optimizer = one value):")
         for row in self.hparams:
             lines.append(
                 f"  {row['name']:<16} {row['type']:<6} default {row['default']:<10} "
-                f"range {row['range']:<20} {row['doc']}"
+                f"range {row['range']:<20} {row['scope']:<9} {row['doc']}"
             )
         return "\n".join(lines)
 
@@ -192,4 +244,19 @@ def register(name: str, cls: type[CurvatureOptimizer], *, replace: bool = False)
 def unregister(name: str) -> None:
     """Remove a name added with :func:`register`."""
     OPTIMIZERS.unregister(name)
+
+
+def refresh() -> None:
+    """Re-read the installed plugins at the next call (drop the entry-point cache).
+
+    Not needed after ``pip install`` in most cases: the cache is keyed on
+    ``sys.path`` and the modification times of its folders. Call it after
+    changing ``importlib.metadata`` by other means (tests) or where the
+    filesystem's timestamps are too coarse to see an install.
+
+    Example:
+        >>> import curvlab
+        >>> curvlab.refresh()
+    """
+    OPTIMIZERS.refresh()
 

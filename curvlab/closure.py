@@ -37,7 +37,15 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CLOSURE_OPTIONS", "Closure", "LossClosure", "accepts", "call_closure", "closure"]
+__all__ = [
+    "CLOSURE_OPTIONS",
+    "Closure",
+    "LossClosure",
+    "accepts",
+    "call_closure",
+    "closure",
+    "graph_leaves",
+]
 
 CLOSURE_OPTIONS = ("backward", "create_graph", "fresh")
 
@@ -57,12 +65,46 @@ class Closure(Protocol):
         ...
 
 
+def graph_leaves(loss: Tensor) -> list[Tensor]:
+    """The leaf tensors ``loss.backward()`` accumulates gradients into (graph order, no duplicates).
+
+    Walks the autograd graph from ``loss.grad_fn`` to its ``AccumulateGrad``
+    nodes: every tensor that requires grad and was used to compute ``loss``
+    (model parameters, a loss module's parameters, free tensors).
+
+    Example:
+        >>> w = torch.ones(2, requires_grad=True)
+        >>> b = torch.zeros(1, requires_grad=True)
+        >>> [tuple(t.shape) for t in graph_leaves((w * 3).sum() + b.sum())]
+        [(1,), (2,)]
+    """
+    leaves: list[Tensor] = []
+    seen: set[Any] = set()
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            leaves.append(variable)
+            continue
+        stack.extend(child for child, _ in node.next_functions)
+    return leaves
+
+
 class LossClosure:
     """A closure over one mini-batch that honours every contract option.
 
     ``L = loss_fn(model(inputs), targets)``; with ``backward=True`` the
-    gradients of the model's parameters are cleared (set to ``None``) and
-    ``L.backward(create_graph=create_graph)`` is run.
+    gradients are cleared (set to ``None``) and
+    ``L.backward(create_graph=create_graph)`` is run. Cleared are the
+    gradients of the model's parameters *and* of every other tensor the
+    backward pass writes to (:func:`graph_leaves`: a parameter given to the
+    optimizer but living outside the model, a loss module's parameters), so
+    the gradients after the call are exactly those of ``L``, as after
+    ``opt.zero_grad(); L.backward()`` with :mod:`torch.optim`.
 
     Args:
         model: The network.
@@ -116,6 +158,9 @@ class LossClosure:
             if backward:
                 for p in self.model.parameters():
                     p.grad = None
+                if isinstance(loss, Tensor) and loss.grad_fn is not None:
+                    for leaf in graph_leaves(loss):
+                        leaf.grad = None
                 loss.backward(create_graph=create_graph)
         return loss
 

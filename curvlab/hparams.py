@@ -5,6 +5,19 @@ Every optimizer declares its hyper-parameters exactly once as a
 the parameter, the value and the allowed range), :func:`curvlab.info`, the
 CLI's ``--help``, the documentation tables and the tuning grids of the
 comparison harness are all derived from that declaration.
+
+Values are finite unless a declaration says otherwise (``finite=False``):
+``inf`` and ``nan`` are refused for every float, and an interval printed as
+``[0.0, inf)`` means exactly that (a closed ``inf]`` appears only where
+``inf`` is allowed).
+
+Scope: a hyper-parameter is either per param group (:data:`GROUP`, the
+default, like torch's ``lr``: every param group may override it and the
+optimizer reads it per group at every step) or per optimizer
+(:data:`OPTIMIZER`: one value for all groups, because the method builds
+objects or schedules from it, e.g. K-FAC's ``factor_every``). The base
+optimizer refuses a param-group override of a per-optimizer value
+(:meth:`Schema.validate_group`), whichever backend it is.
 """
 
 from __future__ import annotations
@@ -15,9 +28,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HParam", "Schema"]
+__all__ = ["GROUP", "OPTIMIZER", "SCOPES", "HParam", "Schema"]
 
 _SCALARS = (bool, int, float, str)
+
+#: Scope of a hyper-parameter that each param group may set (torch's ``lr``).
+GROUP = "group"
+#: Scope of a hyper-parameter with one value for the whole optimizer.
+OPTIMIZER = "optimizer"
+#: The allowed scopes.
+SCOPES = (GROUP, OPTIMIZER)
 
 
 @dataclass(frozen=True)
@@ -25,10 +45,10 @@ class HParam:
     """Declaration of one hyper-parameter.
 
     A value ``v`` is valid when it has type :attr:`type` (ints are accepted
-    for floats), lies in the interval given by :attr:`low`/:attr:`high`
-    (closed or open ends as set by :attr:`low_open`/:attr:`high_open`), is one
-    of :attr:`choices` when those are given, or is ``None`` when
-    :attr:`optional` is set.
+    for floats), is finite (unless :attr:`finite` is false), lies in the
+    interval given by :attr:`low`/:attr:`high` (closed or open ends as set by
+    :attr:`low_open`/:attr:`high_open`), is one of :attr:`choices` when those
+    are given, or is ``None`` when :attr:`optional` is set.
 
     Args:
         name: Keyword the optimizer accepts.
@@ -44,6 +64,9 @@ class HParam:
         optional: ``None`` is allowed (feature switched off).
         grid: Values the harness tries when tuning this knob (empty: not tuned).
         length: Required length for ``tuple`` parameters.
+        scope: :data:`GROUP` (default: each param group may override it) or
+            :data:`OPTIMIZER` (one value for the whole optimizer).
+        finite: Refuse ``inf``/``-inf`` (default). ``nan`` is always refused.
 
     Example:
         >>> lr = HParam("lr", float, 0.1, "step size", low=0.0, low_open=True)
@@ -53,6 +76,10 @@ class HParam:
         Traceback (most recent call last):
         ...
         ValueError: lr must be in (0.0, inf), got -1.0
+        >>> lr.check(float("inf"))
+        Traceback (most recent call last):
+        ...
+        ValueError: lr must be in (0.0, inf), got inf
     """
 
     name: str
@@ -67,10 +94,14 @@ class HParam:
     optional: bool = False
     grid: tuple[Any, ...] = ()
     length: int | None = None
+    scope: str = GROUP
+    finite: bool = True
 
     def __post_init__(self) -> None:
         if self.type not in (*_SCALARS, tuple):
             raise TypeError(f"HParam {self.name}: unsupported type {self.type!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"HParam {self.name}: scope must be one of {SCOPES}, got {self.scope!r}")
         if self.default is not None or not self.optional:
             self.check(self.default)
         for value in self.grid:
@@ -83,18 +114,20 @@ class HParam:
             text = "{" + ", ".join(repr(c) for c in self.choices) + "}"
         elif self.type is bool:
             text = "{True, False}"
-        elif self.low is None and self.high is None:
-            text = f"any {self.type.__name__}"
+        elif self.type is str:
+            text = "any str"
         else:
             lo = -math.inf if self.low is None else self.low
             hi = math.inf if self.high is None else self.high
-            left = "(" if (self.low_open or self.low is None) else "["
-            right = ")" if (self.high_open or self.high is None) else "]"
+            # an infinite end is included only where infinities are allowed
+            infinite_ok = not self.finite and self.type is not int
+            left = "(" if (self.low_open or (self.low is None and not infinite_ok)) else "["
+            right = ")" if (self.high_open or (self.high is None and not infinite_ok)) else "]"
             text = f"{left}{lo}, {hi}{right}"
         return text + (" or None" if self.optional else "")
 
     def _in_range(self, x: float) -> bool:
-        if isinstance(x, float) and math.isnan(x):
+        if isinstance(x, float) and (math.isnan(x) or (self.finite and math.isinf(x))):
             return False
         if self.low is not None and (x < self.low or (self.low_open and x == self.low)):
             return False
@@ -242,6 +275,66 @@ class Schema(Sequence):
                 out[p.name] = p.default
         return out
 
+    def scoped(self, scope: str) -> tuple[str, ...]:
+        """Names declared with ``scope`` (:data:`GROUP` or :data:`OPTIMIZER`), in order.
+
+        Example:
+            >>> Schema([HParam("lr", float, 0.1, "step"),
+            ...         HParam("every", int, 5, "period", low=1, scope=OPTIMIZER)]).scoped(OPTIMIZER)
+            ('every',)
+        """
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        return tuple(p.name for p in self.params if p.scope == scope)
+
+    def validate_group(
+        self, overrides: Mapping[str, Any], optimizer_values: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Check a param group's overrides; per-optimizer hyper-parameters may not differ.
+
+        A param group may set any :data:`GROUP` hyper-parameter. Setting an
+        :data:`OPTIMIZER` one is allowed only to the optimizer's own value
+        (e.g. groups copied from another optimizer's ``param_groups``).
+
+        Args:
+            overrides: The group's keys other than ``params`` (and ``name``).
+            optimizer_values: The optimizer's validated values (its ``defaults``).
+
+        Returns:
+            The validated overrides.
+
+        Raises:
+            ValueError: an unknown name or invalid value (as :meth:`validate`),
+                or per-optimizer hyper-parameters set to another value (names
+                them all and says they are optimizer-wide).
+
+        Example:
+            >>> schema = Schema([HParam("lr", float, 0.1, "step", low=0.0),
+            ...                  HParam("every", int, 5, "period", low=1, scope=OPTIMIZER)])
+            >>> schema.validate_group({"lr": 0.5}, {"lr": 0.1, "every": 5})
+            {'lr': 0.5}
+            >>> schema.validate_group({"every": 2}, {"lr": 0.1, "every": 5})
+            Traceback (most recent call last):
+            ...
+            ValueError: every is optimizer-wide (one value for all param groups): set it when the optimizer is built, not in a param group (the group sets every=2, the optimizer has every=5)
+        """
+        checked = self.validate(overrides, partial=True)
+        clashes = [
+            (k, v) for k, v in checked.items()
+            if self[k].scope == OPTIMIZER and v != optimizer_values.get(k)
+        ]
+        if clashes:
+            names = ", ".join(k for k, _ in clashes)
+            verb = "is" if len(clashes) == 1 else "are"
+            got = ", ".join(f"{k}={v!r}" for k, v in clashes)
+            has = ", ".join(f"{k}={optimizer_values.get(k)!r}" for k, _ in clashes)
+            raise ValueError(
+                f"{names} {verb} optimizer-wide (one value for all param groups): set "
+                f"{'it' if len(clashes) == 1 else 'them'} when the optimizer is built, not in a "
+                f"param group (the group sets {got}, the optimizer has {has})"
+            )
+        return checked
+
     def parse(self, name: str, text: str) -> Any:
         """Parse command-line ``text`` into the typed value of hyper-parameter ``name``, validated.
 
@@ -326,7 +419,7 @@ class Schema(Sequence):
         return p.check(value)
 
     def table(self) -> list[dict[str, str]]:
-        """Rows (name, type, default, range, doc) for docs and ``curvlab info``.
+        """Rows (name, type, default, range, scope, doc) for docs and ``curvlab info``.
 
         Example:
             >>> Schema([HParam("lr", float, 0.1, "step size", low=0.0)]).table()[0]["range"]
@@ -338,6 +431,7 @@ class Schema(Sequence):
                 "type": p.type.__name__,
                 "default": repr(p.default),
                 "range": p.range_text,
+                "scope": p.scope,
                 "doc": p.doc,
             }
             for p in self.params

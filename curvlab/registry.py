@@ -13,18 +13,31 @@ only when it is created or described. An entry point whose value carries
 extras (``"pkg.mod:Obj [peers]"``) is *unavailable*, not broken, while the
 extra's requirements are not installed.
 
-Failure modes are explicit: a plugin that fails to import gives a
-:class:`PluginWarning` naming it and the others keep working; two plugins
-claiming one name raise a :class:`ValueError` naming both when that name is
-used; an unknown name raises a :class:`ValueError` listing the available
-names and the closest match.
+Failure modes are explicit: a plugin that fails to import (or whose
+object fails validation) gives a :class:`PluginWarning` naming it and the
+others keep working; an entry point whose name is empty after normalisation
+(e.g. ``---``) is reported the same way and left out; two plugins claiming
+one name raise a :class:`ValueError` naming both when that name is used; an
+unknown name raises a :class:`ValueError` listing the available names and
+the closest match.
+
+Caching: the entry points are read once and kept until the environment
+changes: the key is ``sys.path`` and the modification times of its
+folders, which change when a package is installed into (or removed from)
+one of them, so a package installed while the process runs is seen at the
+next call. :meth:`Registry.refresh` (``curvlab.refresh()``) drops the cache
+explicitly, e.g. after changing ``importlib.metadata`` in a test or
+installing onto a filesystem with coarse timestamps.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.metadata as md
+import os
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +86,25 @@ class Entry:
     missing: tuple[str, ...] = ()
 
 
+def _environment_key() -> tuple[Any, ...]:
+    """``sys.path`` and the modification times of its folders (install/uninstall changes them)."""
+    stamps = []
+    for entry in sys.path:
+        try:
+            stamps.append(os.stat(entry or ".").st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return tuple(sys.path), tuple(stamps)
+
+
+def _distribution_name(ep: md.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    try:
+        return str(dist.metadata["Name"]) if dist is not None else "?"
+    except Exception:  # noqa: BLE001 - a damaged METADATA must not break discovery
+        return "?"
+
+
 def _missing_extra_requirements(ep: md.EntryPoint) -> tuple[str, ...]:
     """Requirements of the entry point's extras that are not installed."""
     extras = getattr(ep, "extras", None) or []
@@ -114,28 +146,67 @@ class Registry:
     kind: str = "optimizer"
     validate: Callable[[str, Any], None] | None = None
     _manual: dict[str, Entry] = field(default_factory=dict, repr=False)
+    _cache: tuple[Any, dict[str, list[Entry]], dict[str, str]] | None = field(
+        default=None, repr=False
+    )
 
     # --------------------------------------------------------------- entries
-    def _entries(self) -> dict[str, list[Entry]]:
+    def refresh(self) -> None:
+        """Forget the cached entry points (and the import system's path caches).
+
+        Example:
+            >>> Registry("curvlab.nothing-here").refresh()
+        """
+        self._cache = None
+        importlib.invalidate_caches()
+
+    def _scan(self) -> tuple[dict[str, list[Entry]], dict[str, str]]:
+        """Entry points by normalised name, and broken ones (raw name → message); cached."""
+        key = _environment_key()
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1], self._cache[2]
         found: dict[str, list[Entry]] = {}
+        broken: dict[str, str] = {}
         seen: set[tuple[str, str]] = set()
         for ep in md.entry_points(group=self.group):
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else "?"
-            key = (normalize(ep.name), ep.value)
-            if key in seen:  # the same distribution visible twice on sys.path
+            dist_name = _distribution_name(ep)
+            try:
+                name = normalize(ep.name)
+            except ValueError as err:
+                broken[ep.name] = (
+                    f"{self.kind} plugin {ep.name!r} ({ep.value} from distribution "
+                    f"{dist_name!r}) is left out: {err}"
+                )
                 continue
-            seen.add(key)
+            if (name, ep.value) in seen:  # the same distribution visible twice on sys.path
+                continue
+            seen.add((name, ep.value))
             entry = Entry(
-                name=key[0],
+                name=name,
                 source=f"{ep.value} (from distribution {dist_name!r})",
                 loader=ep.load,
                 missing=_missing_extra_requirements(ep),
             )
-            found.setdefault(entry.name, []).append(entry)
+            found.setdefault(name, []).append(entry)
+        for message in broken.values():
+            warnings.warn(message, PluginWarning, stacklevel=4)
+        self._cache = (key, found, broken)
+        return found, broken
+
+    def _entries(self) -> dict[str, list[Entry]]:
+        found = {name: list(entries) for name, entries in self._scan()[0].items()}
         for name, entry in self._manual.items():
             found.setdefault(name, []).append(entry)
         return found
+
+    def broken(self) -> dict[str, str]:
+        """Entry points left out because their name is unusable: raw name → message.
+
+        Example:
+            >>> Registry("curvlab.nothing-here").broken()
+            {}
+        """
+        return dict(self._scan()[1])
 
     def register(self, name: str, obj: Any, *, replace: bool = False) -> None:
         """Register ``obj`` under ``name`` for code that is not installed.
@@ -222,12 +293,17 @@ class Registry:
         except Exception as err:  # noqa: BLE001 - any plugin failure is reported
             raise ValueError(f"{self.kind} plugin {key!r} ({entry.source}) failed to load: {err!r}") from err
         if self.validate is not None:
-            self.validate(key, obj)
+            try:
+                self.validate(key, obj)
+            except ValueError as err:
+                raise ValueError(f"{err} [{entry.source}]") from None
         return obj
 
     def load_all(self) -> dict[str, Any]:
         """Load every available name; broken plugins warn and are left out."""
         out: dict[str, Any] = {}
+        for message in self.broken().values():
+            warnings.warn(message, PluginWarning, stacklevel=2)
         for name in self.names():
             try:
                 out[name] = self.load(name)

@@ -60,3 +60,42 @@ def test_state_dict_without_curvlab_entry_is_rejected():
     torch_sd = torch.optim.SGD(model.parameters(), lr=0.1).state_dict()
     with pytest.raises(ValueError, match="no 'curvlab' entry"):
         opt.load_state_dict(torch_sd)
+
+
+@pytest.mark.parametrize("name,torch_cls,hp", [
+    ("sgd", torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
+    ("adam", torch.optim.Adam, {"lr": 0.01}),
+], ids=["sgd", "adam"])
+def test_parameter_outside_the_model_follows_torch_optim(name, torch_cls, hp):
+    """A learnable shift used only by the loss: curvlab.closure clears its gradient too."""
+    torch.manual_seed(0)
+    a = torch.nn.Linear(3, 2).double()
+    b = torch.nn.Linear(3, 2).double()
+    b.load_state_dict(a.state_dict())
+    shift_a = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    shift_b = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    ce = torch.nn.CrossEntropyLoss()
+    ours = curvlab.create(name, a, params=[*a.parameters(), shift_a], **hp)
+    ref = torch_cls([*b.parameters(), shift_b], **hp)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        x = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, 2, (8,), generator=gen)
+        ours.step(curvlab.closure(a, lambda out, t: ce(out + shift_a, t), x, y))
+        ref.zero_grad()
+        ce(b(x) + shift_b, y).backward()
+        ref.step()
+    torch.testing.assert_close(shift_a, shift_b, rtol=1e-12, atol=1e-12)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12)
+
+
+def test_graph_leaves_finds_every_tensor_the_backward_writes():
+    from curvlab.closure import graph_leaves
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Tanh(), torch.nn.Linear(2, 1))
+    free = torch.ones(1, requires_grad=True)
+    loss = (model(torch.ones(3, 2)) * free).sum() + model[0].weight.sum()  # a shared leaf
+    leaves = graph_leaves(loss)
+    assert {id(t) for t in leaves} == {id(p) for p in model.parameters()} | {id(free)}
+    assert len(leaves) == 5

@@ -163,3 +163,91 @@ def test_info_describes_schema():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert info.hparams[0]["name"] == "lr"
+
+
+MALFORMED = textwrap.dedent(
+    '''
+    from curvlab import CurvatureOptimizer, HParam, OptimizerMeta, Schema
+
+    class NoMeta(CurvatureOptimizer):
+        name = "nometa"
+        schema = Schema([HParam("lr", float, 0.01, "step", low=0.0)])
+        meta = None
+
+    class NoLr(CurvatureOptimizer):
+        name = "nolr"
+        schema = Schema([HParam("eta", float, 0.01, "step", low=0.0)])
+        meta = OptimizerMeta(summary="x")
+
+    class BadConformance(CurvatureOptimizer):
+        name = "badconf"
+        schema = Schema([HParam("lr", float, 0.01, "step", low=0.0)])
+        meta = OptimizerMeta(summary="x", conformance={"lr": -1.0})
+    '''
+)
+
+
+def test_entry_point_with_an_unusable_name_is_a_broken_plugin(site):
+    """An entry point named '---': a PluginWarning naming it; every registered optimizer still works."""
+    make_distribution(site, "curvlab_dashes", {"---": "thirdparty_signsgd:SignSGD"})
+    with pytest.warns(PluginWarning, match=r"'---'.*curvlab_dashes.*empty after normalisation"):
+        names = curvlab.available()
+    assert "sgd" in names and "" not in names
+    with pytest.warns(PluginWarning, match="'---'"):
+        assert "sgd" in curvlab.available(verify=True)
+    model = torch.nn.Linear(2, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        for name in names:  # registry-wide: nothing else is affected
+            assert curvlab.info(name).name == name
+        curvlab.create("sgd", model)
+
+
+def test_malformed_plugin_classes_are_reported_by_name(site):
+    (site / "thirdparty_malformed.py").write_text(MALFORMED)
+    make_distribution(site, "curvlab_malformed", {
+        "nometa": "thirdparty_malformed:NoMeta", "nolr": "thirdparty_malformed:NoLr",
+        "badconf": "thirdparty_malformed:BadConformance"})
+    for name, match in [("nometa", "meta must be an OptimizerMeta, got None"),
+                        ("nolr", "its schema must declare 'lr'"),
+                        ("badconf", r"meta.conformance: lr must be in")]:
+        with pytest.raises(ValueError, match=rf"plugin {name!r} is malformed: {match}.*thirdparty_malformed"):
+            curvlab.info(name)
+    with pytest.warns(PluginWarning) as caught:
+        names = curvlab.available(verify=True)
+    assert {"nometa", "nolr", "badconf"}.isdisjoint(names) and "sgd" in names
+    assert {"nometa", "nolr", "badconf"} <= {n for w in caught for n in ("nometa", "nolr", "badconf")
+                                             if n in str(w.message)}
+
+
+def test_cli_list_and_info_survive_broken_plugins(site, capsys):
+    """Through the CLI's own entry function (cli.py is not changed for this)."""
+    from curvlab.cli import main
+
+    (site / "thirdparty_malformed.py").write_text(MALFORMED)
+    make_distribution(site, "curvlab_mixed", {"---": "thirdparty_signsgd:SignSGD",
+                                              "nometa": "thirdparty_malformed:NoMeta"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PluginWarning)
+        assert main(["list"]) == 0
+        assert main(["list", "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "sgd" in out and "BROKEN" in out and "nometa" in out and "---" in out
+
+
+def test_entry_points_are_cached_until_the_environment_changes(site, monkeypatch):
+    import importlib.metadata as md
+
+    calls = []
+    real = md.entry_points
+    monkeypatch.setattr(md, "entry_points", lambda **kw: calls.append(kw) or real(**kw))
+    curvlab.refresh()
+    for _ in range(5):
+        curvlab.info("sgd")
+        curvlab.available()
+    assert len(calls) == 1, "curvlab.info/available rescanned the entry points"
+    make_distribution(site, "curvlab_late", {"latesgd": "thirdparty_signsgd:SignSGD"})  # "installed"
+    assert "latesgd" in curvlab.available() and len(calls) == 2
+    curvlab.refresh()
+    curvlab.available()
+    assert len(calls) == 3

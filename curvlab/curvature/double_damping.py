@@ -93,10 +93,14 @@ def powell_damping(s: Tensor, y: Tensor, Hy: Tensor, mu1: float = 0.2) -> tuple[
         (True, 0.2)
     """
     _check("mu1", mu1, 1.0, True)
-    sy, yHy = torch.dot(s, y), torch.dot(y, Hy)
-    fire = sy < mu1 * yHy
-    theta = _theta(fire, (1.0 - mu1) * yHy, yHy - sy)
-    return theta * s + (1.0 - theta) * Hy, fire
+    return _blend(torch.dot(s, y), torch.dot(y, Hy), mu1, s, Hy)
+
+
+def _blend(t: Tensor, q: Tensor, mu: float, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+    """Both dampings: if t < μq, θx + (1−θ)z with θ = (1−μ)q/(q−t) (else x); and whether it fired."""
+    fire = t < mu * q
+    theta = _theta(fire, (1.0 - mu) * q, q - t)
+    return theta * x + (1.0 - theta) * z, fire
 
 
 def lm_damping(s: Tensor, y: Tensor, mu2: float) -> tuple[Tensor, Tensor]:
@@ -126,10 +130,7 @@ def lm_damping(s: Tensor, y: Tensor, mu2: float) -> tuple[Tensor, Tensor]:
         (True, 0.5)
     """
     _check("mu2", mu2, 1.0, False)
-    ss, sy = torch.dot(s, s), torch.dot(s, y)
-    fire = sy < mu2 * ss
-    theta = _theta(fire, (1.0 - mu2) * ss, ss - sy)
-    return theta * y + (1.0 - theta) * s, fire
+    return _blend(torch.dot(s, y), torch.dot(s, s), mu2, y, s)
 
 
 def double_damping(

@@ -22,7 +22,6 @@ so the caller checks them and commits only finite results.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor
 
 from curvlab.curvature.ema import ema_update
+from curvlab.curvature.finite import all_finite
 from curvlab.curvature.inverse import damped_inverse
 from curvlab.curvature.kronecker import (
     KroneckerBlock,
@@ -40,13 +40,6 @@ from curvlab.curvature.kronecker import (
 from curvlab.curvature.tikhonov import split_damping
 
 __all__ = ["KroneckerPreconditioner", "mean_eigenvalue"]
-
-
-def _finite(tensors: Sequence[Tensor]) -> bool:
-    # max-abs norms (one fused call) propagate NaN/Inf and cannot overflow: one sync in all
-    if not tensors:
-        return True
-    return bool(torch.isfinite(torch.stack(torch._foreach_norm(list(tensors), math.inf))).all())
 
 
 def mean_eigenvalue(A: Tensor | None, G: Tensor | None) -> float:
@@ -125,7 +118,7 @@ class KroneckerPreconditioner:
                 entry[f] = ema_update(old.get(f) if count > 1 else None, x, decay, count)
             new[name] = entry
         fresh = [e[f] for n, e in new.items() for f in estimates[n]]
-        return new if _finite(fresh) else None
+        return new if all_finite(fresh) else None
 
     def damping_split(self, entry: Mapping[str, Any], damping: float) -> tuple[float, float]:
         r""":math:`(\lambda_A, \lambda_G)` for one block entry (relative scaling, then split)."""
@@ -165,7 +158,7 @@ class KroneckerPreconditioner:
                 return None
             new[block.name] = out
         invs = [e[k] for e in new.values() for k in ("A_inv", "G_inv") if k in e]
-        return new if _finite(invs) else None
+        return new if all_finite(invs) else None
 
     def matrices(self, state: Mapping[str, Any], block: KroneckerBlock) -> tuple[Tensor, Tensor]:
         """``(M, V)``: the gradient's matrix view and :math:`V = G^{-1} M A^{-1}` (a new tensor).

@@ -4,6 +4,10 @@ Layer-wise curvature methods (K-FAC, FOOF, K-BFGS) handle a fixed set of
 parametrised module types. :func:`find_layers` walks a model, returns the
 supported layers by qualified name, and raises a :class:`ValueError` that
 names the first offending module (type and path) otherwise.
+:func:`conv_problem` says why a ``Conv2d`` is outside what the Kronecker
+factors handle (grouped, string padding, a padding mode other than zeros).
+Which optimizer *parameter* lies in which layer is
+:mod:`curvlab.curvature.coverage`.
 """
 
 from __future__ import annotations
@@ -12,7 +16,31 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["describe_supported", "find_layers"]
+__all__ = ["conv_problem", "describe_supported", "find_layers"]
+
+
+def conv_problem(name: str, module: nn.Module) -> str | None:
+    """Why a ``Conv2d`` cannot be unfolded into patches (``None``: it can, or it is no ``Conv2d``).
+
+    The Kronecker factors of a convolution (Grosse & Martens 2016) use the
+    unfolded input patches, which need ``groups=1``, numeric padding and
+    ``padding_mode="zeros"``. Usable as ``check=`` of :func:`find_layers`.
+
+    Example:
+        >>> conv_problem("0", nn.Conv2d(2, 2, 3)) is None
+        True
+        >>> conv_problem("0", nn.Conv2d(2, 2, 3, groups=2))
+        "Conv2d must have groups=1, numeric padding and padding_mode='zeros' (got groups=2, padding=(0, 0), padding_mode='zeros')"
+    """
+    if isinstance(module, nn.Conv2d) and (
+        module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str)
+    ):
+        return (
+            "Conv2d must have groups=1, numeric padding and padding_mode='zeros' "
+            f"(got groups={module.groups}, padding={module.padding!r}, "
+            f"padding_mode={module.padding_mode!r})"
+        )
+    return None
 
 
 def describe_supported(supported: tuple[type[nn.Module], ...]) -> str:

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from curvlab.curvature.layers import conv_problem
+
 __all__ = ["InputStatistics", "input_covariance", "layer_inputs"]
 
 
@@ -56,12 +58,9 @@ def layer_inputs(module: nn.Module, x: Tensor, *, homogeneous: bool = False) -> 
     if isinstance(module, nn.Linear):
         rows = x.reshape(x.shape[0], -1, x.shape[-1])
     elif isinstance(module, nn.Conv2d):
-        if module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise ValueError(
-                "layer_inputs supports Conv2d with groups=1, numeric padding and "
-                f"padding_mode='zeros'; got groups={module.groups}, padding={module.padding!r}, "
-                f"padding_mode={module.padding_mode!r}"
-            )
+        problem = conv_problem("", module)
+        if problem:
+            raise ValueError(f"layer_inputs: {problem}")
         patches = nn.functional.unfold(
             x, module.kernel_size, module.dilation, module.padding, module.stride
         )

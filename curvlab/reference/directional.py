@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.func import jacfwd, jacrev, jvp
 
 from curvlab.reference.layout import ParamSlice
-from curvlab.reference.problem import Problem, _direction, resolve_problem
+from curvlab.reference.problem import Problem, check_direction, resolve_problem
 
 __all__ = [
     "first_directional",
@@ -74,7 +74,7 @@ def first_directional(*problem: Any, u: Tensor, params: Iterable[str | Tensor] |
         tensor(15., dtype=torch.float64)
     """
     prob = resolve_problem(*problem, params=params)
-    return _d1(prob, prob.theta, _direction(u, prob.theta, "u"))
+    return _d1(prob, prob.theta, check_direction(u, prob.theta, "u"))
 
 
 def second_directional(
@@ -99,7 +99,7 @@ def second_directional(
     """
     prob = resolve_problem(*problem, params=params)
     th = prob.theta
-    return _d2(prob, th, _direction(u, th, "u"), _direction(v, th, "v"))
+    return _d2(prob, th, check_direction(u, th, "u"), check_direction(v, th, "v"))
 
 
 def third_directional(
@@ -125,7 +125,7 @@ def third_directional(
     """
     prob = resolve_problem(*problem, params=params)
     th = prob.theta
-    return _d3(prob, th, _direction(u, th, "u"), _direction(v, th, "v"), _direction(w, th, "w"))
+    return _d3(prob, th, check_direction(u, th, "u"), check_direction(v, th, "v"), check_direction(w, th, "w"))
 
 
 def third_derivative_tensor(*problem: Any, params: Iterable[str | Tensor] | None = None) -> Tensor:
@@ -229,7 +229,7 @@ def partition_tensors(
     th = prob.theta
     if len(directions) == 0:
         raise ValueError("directions must hold at least one vector, got none")
-    us = [_direction(u, th, f"directions[{i}]") for i, u in enumerate(directions)]
+    us = [check_direction(u, th, f"directions[{i}]") for i, u in enumerate(directions)]
     s = len(us)
     g_bar = th.new_zeros(s)
     h_bar = th.new_zeros(s, s)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
-from curvlab.reference.problem import _direction, resolve_problem
+from curvlab.reference.problem import check_direction, resolve_problem
 
 __all__ = ["gradient", "hessian", "hvp"]
 
@@ -101,6 +101,6 @@ def hvp(*problem: Any, v: Tensor, params: Iterable[str | Tensor] | None = None) 
         tensor([6., 2.], dtype=torch.float64)
     """
     prob = resolve_problem(*problem, params=params)
-    v = _direction(v, prob.theta, "v")
+    v = check_direction(v, prob.theta, "v")
     return grad(lambda t: torch.dot(grad(prob)(t), v))(prob.theta)
 

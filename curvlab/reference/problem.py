@@ -30,7 +30,7 @@ from torch.func import functional_call
 
 from curvlab.reference.layout import ParamSlice, flatten_params, param_layout, unflatten
 
-__all__ = ["Problem", "resolve_problem"]
+__all__ = ["check_direction", "Problem", "resolve_problem"]
 
 DTYPE = torch.float64
 
@@ -192,8 +192,24 @@ class Problem:
         return self.loss_of_outputs(self.outputs(theta))
 
 
-def _direction(v: Tensor, theta: Tensor, what: str) -> Tensor:
-    """Check that a direction has θ's shape and cast it to θ's dtype (float64)."""
+def check_direction(v: Tensor, theta: Tensor, what: str) -> Tensor:
+    """A direction ``v`` for the point ``theta``: checked to have θ's shape, cast to θ's dtype.
+
+    Args:
+        v: The direction.
+        theta: The point (flat, float64).
+        what: The direction's name in the error message.
+
+    Returns:
+        ``v`` detached, in ``theta``'s dtype.
+
+    Raises:
+        ValueError: ``v`` is not a tensor of ``theta``'s shape.
+
+    Example:
+        >>> check_direction(torch.ones(2), torch.zeros(2, dtype=torch.float64), "u").dtype
+        torch.float64
+    """
     if not isinstance(v, Tensor) or v.shape != theta.shape:
         shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
         raise ValueError(f"{what} must be a tensor of shape {tuple(theta.shape)} like theta, got {shape}")

@@ -6,8 +6,9 @@ import math
 
 import torch
 
+from curvlab.curvature.finite import all_finite
 from curvlab.hparams import HParam, Schema
-from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
+from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 
 __all__ = ["Adam"]
 
@@ -21,6 +22,9 @@ class Adam(CurvatureOptimizer):
     {\sqrt{v_t/(1-\beta_2^t)} + \epsilon}`.
     ``weight_decay`` adds :math:`w\theta` to :math:`g_t` (Adam) or, with
     ``decoupled=True``, shrinks :math:`\theta` by :math:`\alpha w` (AdamW).
+    The new moments and weights are computed out of place and committed only
+    if all are finite (an overflowing ``lr`` skips the step instead of
+    writing ``inf``). Sparse gradients are refused, as torch's Adam does.
 
     Example:
         >>> import torch, curvlab
@@ -50,28 +54,43 @@ class Adam(CurvatureOptimizer):
     )
 
     @torch.no_grad()
-    def _update(self, closure, loss) -> None:
+    def _update(self, closure, evaluation: Evaluation) -> Step | Skip:
+        commits = []  # (params, candidates, new states) per group and step count
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            by_step: dict[float, list[torch.Tensor]] = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+                if p.grad is not None:
+                    t = float(self.state[p]["step"]) + 1 if self.state[p] else 1.0
+                    by_step.setdefault(t, []).append(p)
+            for t, ps in by_step.items():
+                fresh = not self.state[ps[0]]
+                gs = [p.grad for p in ps]
+                ms = [torch.zeros_like(p) for p in ps] if fresh else [self.state[p]["exp_avg"] for p in ps]
+                vs = [torch.zeros_like(p) for p in ps] if fresh else [self.state[p]["exp_avg_sq"] for p in ps]
+                base = ps
                 if wd != 0:
                     if group["decoupled"]:
-                        p.mul_(1 - lr * wd)
+                        base = torch._foreach_mul(ps, 1 - lr * wd)
                     else:
-                        g = g.add(p, alpha=wd)
-                state["step"] += 1
-                t = float(state["step"])
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                        gs = torch._foreach_add(gs, ps, alpha=wd)
+                m_new = torch._foreach_lerp(ms, gs, 1 - b1)
+                v_new = torch._foreach_mul(vs, b2)
+                torch._foreach_addcmul_(v_new, gs, gs, value=1 - b2)
                 bc1, bc2 = 1 - b1**t, 1 - b2**t
-                denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
-                p.addcdiv_(m, denom, value=-lr / bc1)
+                denom = torch._foreach_sqrt(v_new)
+                torch._foreach_div_(denom, math.sqrt(bc2))
+                torch._foreach_add_(denom, eps)
+                size = lr / bc1
+                if abs(size) <= torch.finfo(ps[0].dtype).max:
+                    new = torch._foreach_addcdiv(base, m_new, denom, value=-size)
+                else:  # value= cannot hold it: the saturating product overflows to inf instead
+                    new = torch._foreach_sub(base, torch._foreach_div(torch._foreach_mul(m_new, size), denom))
+                commits.append((ps, new, torch.tensor(t), m_new, v_new))
+        if not all_finite([x for _, new, _, _, v in commits for x in (*new, *v)]):
+            return Skip("non-finite update (overflow of the Adam step)")
+        for ps, new, step, m_new, v_new in commits:
+            torch._foreach_copy_(ps, new)
+            for p, m, v in zip(ps, m_new, v_new):
+                self.state[p].update(step=step.clone(), exp_avg=m, exp_avg_sq=v)
+        return Step()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
+from curvlab.curvature.momentum import momentum_step_
 from curvlab.hparams import HParam, Schema
-from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
+from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 
 __all__ = ["SGD"]
 
@@ -17,7 +21,11 @@ class SGD(CurvatureOptimizer):
     :math:`d_t = g_t + w\,\theta_t`;
     :math:`b_t = \mu b_{t-1} + (1-\tau) d_t` (:math:`b_1 = d_1`);
     direction :math:`d_t + \mu b_t` (Nesterov) or :math:`b_t`;
-    :math:`\theta_{t+1} = \theta_t - \alpha\,\text{direction}`.
+    :math:`\theta_{t+1} = \theta_t - \alpha\,\text{direction}`
+    (:mod:`curvlab.curvature.momentum`). Sparse gradients
+    (``nn.Embedding(sparse=True)``) are handled as torch does (without
+    weight decay). A step that would write NaN/Inf into a weight (e.g. an
+    overflowing ``lr``) is skipped.
 
     Example:
         >>> import torch, curvlab
@@ -43,34 +51,35 @@ class SGD(CurvatureOptimizer):
     meta = OptimizerMeta(
         summary="stochastic gradient descent (momentum, Nesterov), first-order baseline",
         paper="Robbins & Monro 1951; Sutskever et al., ICML 2013 (momentum)",
+        sparse_gradients=True,
         conformance={"lr": 0.1, "momentum": 0.9},
         tags=("first-order", "baseline"),
     )
 
+    def _validate_group(self, group: Mapping[str, Any]) -> None:
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                "nesterov=True needs momentum > 0 and dampening = 0, got "
+                f"momentum={group['momentum']}, dampening={group['dampening']}"
+            )
+
     def _setup(self) -> None:
-        for group in self.param_groups:
-            if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-                raise ValueError(
-                    "nesterov=True needs momentum > 0 and dampening = 0, got "
-                    f"momentum={group['momentum']}, dampening={group['dampening']}"
-                )
+        if self.model is None:
+            return
+        for mname, module in self.model.named_modules():
+            if getattr(module, "sparse", False) is not True:
+                continue
+            for p in module.parameters(recurse=False):
+                for group in self.param_groups:
+                    if any(q is p for q in group["params"]) and group["weight_decay"] != 0:
+                        raise ValueError(
+                            f"sgd: weight_decay must be 0 for {type(module).__name__} at "
+                            f"model.{mname}, which has sparse=True (torch.optim.SGD cannot "
+                            f"decay sparse gradients either); got {group['weight_decay']}"
+                        )
 
     @torch.no_grad()
-    def _update(self, closure, loss) -> None:
-        for group in self.param_groups:
-            lr, mu, tau = group["lr"], group["momentum"], group["dampening"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if group["weight_decay"] != 0:
-                    d = d.add(p, alpha=group["weight_decay"])
-                if mu != 0:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = d.detach().clone()
-                    else:
-                        buf.mul_(mu).add_(d, alpha=1 - tau)
-                    d = d.add(buf, alpha=mu) if group["nesterov"] else buf
-                p.add_(d, alpha=-lr)
+    def _update(self, closure, evaluation: Evaluation) -> Step | Skip:
+        if not momentum_step_(self, {}):
+            return Skip("non-finite update (overflow of lr · direction)")
+        return Step()

@@ -28,54 +28,73 @@ Defaults follow the paper's cheap schedule: :math:`T = 100` and
 :math:`\Sigma` recorded only in the :math:`S = 10` steps up to each
 inversion (the forward hooks are installed only for those passes), so 90 %
 of the steps cost an SGD step plus one product
-:math:`\nabla W (\Sigma+\lambda I)^{-1}` per layer. Measured on digits
-(batch 128, 1 thread; training loss of the digits MLP, lr 0.1, T = 100,
-SGD-momentum 0.021 after 150 steps): S = None (every step) 0.0007, S = 5
-0.0015, S = 10 0.0021 — all alike by step 200 (≈ 6e-5); step time vs SGD
-about 2.9× (MLP) / 1.4× (CNN) with S = None, 1.55× / 1.1–1.2× with S = 10.
+:math:`\nabla W (\Sigma+\lambda I)^{-1}` per layer (measurements of the
+schedule and the command that regenerates them: ``docs/backends/foof.rst``).
 A layer called several times per forward pass keeps the last call's statistics.
+
+Scopes: ``lr``, ``damping``, ``momentum`` and ``weight_decay`` are per
+param group; the schedule (``inverse_every``, ``stats_steps``), the EMA
+and ``relative_damping`` are per optimizer.
+
+Shapes: a ``Linear(d_in, d_out)`` layer with bias keeps
+:math:`\Sigma \in \mathbb R^{(d_{in}+1) \times (d_{in}+1)}` (without bias, or
+with a frozen one, :math:`d_{in} \times d_{in}`); a ``Conv2d`` one
+:math:`(C_{in} k_h k_w + 1)^2`. Frozen parameters are never moved.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from curvlab.closure import call_closure
+from curvlab.curvature.coverage import Coverage, layer_coverage
 from curvlab.curvature.kl_clip import inner_products
 from curvlab.curvature.kronecker import KroneckerBlock, split_matrix
 from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
-from curvlab.curvature.layers import find_layers
+from curvlab.curvature.layers import conv_problem
 from curvlab.curvature.momentum import momentum_step_
 from curvlab.curvature.statistics import InputStatistics
-from curvlab.hparams import HParam, Schema
-from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
+from curvlab.hparams import OPTIMIZER, HParam, Schema
+from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 
 __all__ = ["FOOF", "foof_blocks", "records_statistics"]
 
 
-def foof_blocks(layers: dict[str, nn.Module], trainable: set[int]) -> list[KroneckerBlock]:
-    """One block per layer over ``(weight, bias)`` with the single factor ``A`` (:math:`G = I`).
+def foof_blocks(layers: dict[str, nn.Module], coverage: Coverage) -> list[KroneckerBlock]:
+    """One block per layer over its trainable ``(weight, bias)`` with the single factor ``A`` (:math:`G = I`).
+
+    A frozen bias is left out of the block (no homogeneous coordinate); a
+    layer with a frozen weight and a trainable bias is refused.
 
     Args:
         layers: ``{name: Linear/Conv2d}``.
-        trainable: ``id`` of the parameters the optimizer updates (others are left out).
+        coverage: Which parameters the optimizer trains.
+
+    Raises:
+        ValueError: a layer's bias is trainable but its weight is not.
 
     Example:
+        >>> import torch
+        >>> from curvlab.curvature.coverage import layer_coverage
         >>> lin = nn.Linear(2, 3)
-        >>> [(b.name, len(b.params), b.factors) for b in foof_blocks({"0": lin}, {id(lin.weight)})]
+        >>> opt = torch.optim.SGD([lin.weight], lr=0.1)
+        >>> cov = layer_coverage(nn.Sequential(lin), opt.param_groups, (nn.Linear,), who="foof")
+        >>> [(b.name, len(b.params), b.factors) for b in foof_blocks(cov.layers, cov)]
         [('0', 1, ('A',))]
     """
     blocks = []
     for name, layer in layers.items():
-        if id(layer.weight) not in trainable:
-            continue
+        if not coverage.trainable(layer.weight):
+            raise ValueError(
+                f"foof preconditions a layer's weight and bias together; model.{name} has a "
+                "trainable bias but a frozen weight (freeze both, or neither)"
+            )
         params = [layer.weight]
-        if layer.bias is not None and id(layer.bias) in trainable:
+        if coverage.trainable(layer.bias):
             params.append(layer.bias)
         blocks.append(KroneckerBlock(name, tuple(params), ("A",)))
     return blocks
@@ -116,14 +135,14 @@ class FOOF(CurvatureOptimizer):
             HParam("damping", float, 0.1, "Tikhonov damping λ added to Σ", low=0.0,
                    low_open=True, grid=(1.0, 0.1, 0.01)),
             HParam("relative_damping", bool, False,
-                   "λ relative to the mean eigenvalue tr Σ / dim Σ"),
+                   "λ relative to the mean eigenvalue tr Σ / dim Σ", scope=OPTIMIZER),
             HParam("ema_decay", float, 0.95, "decay m of the bias-corrected EMA of Σ", low=0.0,
-                   high=1.0, high_open=True),
+                   high=1.0, high_open=True, scope=OPTIMIZER),
             HParam("inverse_every", int, 100, "recompute (Σ + λI)⁻¹ every T steps (paper: 100)",
-                   low=1),
+                   low=1, scope=OPTIMIZER),
             HParam("stats_steps", int, 10,
                    "update Σ only in the S steps up to each inversion (None: every step)",
-                   low=1, optional=True),
+                   low=1, optional=True, scope=OPTIMIZER),
             HParam("momentum", float, 0.9, "heavy-ball coefficient μ", low=0.0, high=1.0,
                    high_open=True),
             HParam("weight_decay", float, 0.0, "L2 coefficient added after preconditioning",
@@ -145,87 +164,67 @@ class FOOF(CurvatureOptimizer):
 
     def _setup(self) -> None:
         model = self.require_model()
-
-        def conv_check(name: str, module: nn.Module) -> str | None:
-            if isinstance(module, nn.Conv2d) and (
-                module.groups != 1 or module.padding_mode != "zeros"
-                or isinstance(module.padding, str)
-            ):
-                return "Conv2d must have groups=1, numeric padding and padding_mode='zeros'"
-            return None
-
-        layers = find_layers(model, (nn.Linear, nn.Conv2d), who=self.name, check=conv_check)
-        trainable = {id(p) for g in self.param_groups for p in g["params"]}
-        self.blocks = foof_blocks(layers, trainable)
-        covered = {id(p) for b in self.blocks for p in b.params}
-        if trainable - covered:
-            raise ValueError(
-                f"{self.name}: {len(trainable - covered)} parameter(s) given to the optimizer are "
-                "not the weight/bias of a Linear or Conv2d layer of the model"
-            )
-        self._group_of = {id(p): g for g in self.param_groups for p in g["params"]}
+        self.coverage = layer_coverage(model, self.param_groups, (nn.Linear, nn.Conv2d),
+                                       who=self.name, check=conv_problem)
+        self.blocks = foof_blocks(self.coverage.layers, self.coverage)
         self.preconditioner = KroneckerPreconditioner(
-            self.blocks, relative_damping=self.defaults["relative_damping"]
+            self.blocks, relative_damping=self.optimizer_hparams["relative_damping"]
         )
         self.recorder = InputStatistics(
-            {b.name: layers[b.name] for b in self.blocks},
+            {b.name: self.coverage.layers[b.name] for b in self.blocks},
             homogeneous={b.name: len(b.params) == 2 for b in self.blocks},
         )
         self.curv_state.update({"step": 0, "blocks": {}})
-        self._pending: dict[str, Any] | None = None
 
-    def _after_load(self) -> None:
-        self._pending = None
-
-    def _evaluate(self, closure: Callable[..., Tensor]) -> Tensor:
-        d = self.defaults
+    def _evaluate(self, closure: Callable[..., Tensor]) -> Evaluation[dict[str, dict[str, Tensor]]]:
+        hp = self.optimizer_hparams
         self.recorder.covariances = {}
         self.recorder.recording = records_statistics(
-            self.curv_state["step"], d["inverse_every"], d["stats_steps"]
+            self.curv_state["step"], hp["inverse_every"], hp["stats_steps"]
         )
         try:
             loss = call_closure(closure, who=self.name)
         finally:
             self.recorder.recording = False
-        self._pending = {k: {"A": v} for k, v in self.recorder.covariances.items()}
+        estimates = {k: {"A": v} for k, v in self.recorder.covariances.items()}
         self.recorder.covariances = {}
-        return loss
+        return Evaluation(loss, estimates)
 
     @torch.no_grad()
-    def _update(self, closure, loss) -> None:
-        estimates, self._pending = self._pending or {}, None
+    def _update(self, closure, evaluation: Evaluation[dict[str, dict[str, Tensor]]]) -> Step | Skip:
+        self.coverage.check_gradients(self.name)
+        hp = self.optimizer_hparams
+        estimates = evaluation.data or {}
         blocks = self.curv_state["blocks"]
         step = self.curv_state["step"]
         if estimates:
-            new = self.preconditioner.accumulate(blocks, estimates, self.defaults["ema_decay"])
+            new = self.preconditioner.accumulate(blocks, estimates, hp["ema_decay"])
             if new is None:
-                self.skip_step("non-finite input statistics")
-                return
+                return Skip("non-finite input statistics")
             blocks = {**blocks, **new}
-        missing = [b.name for b in self.blocks if b.name not in blocks]
+        active = [b for b in self.blocks if all(p.grad is not None for p in b.params)]
+        missing = [b.name for b in active if b.name not in blocks]
         if missing:
             raise ValueError(
                 f"{self.name}: no input statistics for layer(s) {missing}; the closure must run "
                 "the model's forward pass with autograd enabled"
             )
-        if step % self.defaults["inverse_every"] == 0 or any(
-            "A_inv" not in blocks[b.name] for b in self.blocks
-        ):
-            damping = {b.name: self._group_of[id(b.params[0])]["damping"] for b in self.blocks}
+        if step % hp["inverse_every"] == 0 or any("A_inv" not in blocks[b.name] for b in active):
+            damping = {b.name: self.coverage.group(b.params[0])["damping"] for b in self.blocks}
             inv = self.preconditioner.invert(blocks, damping)
             if inv is None:
-                self.skip_step("damped inverse failed or is not finite")
-                return
+                return Skip("damped inverse failed or is not finite")
             blocks = {**blocks, **inv}
-        mats = [self.preconditioner.matrices(blocks, b) for b in self.blocks]
+        mats = [self.preconditioner.matrices(blocks, b) for b in active]
         # one sync: a non-finite V makes its inner product with the (finite) gradient non-finite
         if not all(map(math.isfinite, inner_products([V for _, V in mats], [M for M, _ in mats]))):
-            self.skip_step("non-finite preconditioned gradient")
-            return
+            return Skip("non-finite preconditioned gradient")
         directions = {
-            p: v for b, (_, V) in zip(self.blocks, mats)
+            p: v for b, (_, V) in zip(active, mats)
             for p, v in zip(b.params, split_matrix(V, b.params))
         }
+        if not momentum_step_(self, directions):
+            return Skip("non-finite update (overflow of lr · direction)")
         self.curv_state["blocks"] = blocks
         self.curv_state["step"] = step + 1
-        momentum_step_(self, directions)
+        return Step()

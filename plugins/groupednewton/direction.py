@@ -5,7 +5,8 @@ sizes η scale it per subset). For gradient :math:`g_t`:
 
 ``"sgd-momentum"`` (default, momentum μ = 0.9, dampening τ = 0.9)
     :math:`b_1 = g_1`, :math:`b_t = \mu b_{t-1} + (1 - \tau) g_t`, :math:`u_t = b_t`
-    (torch's SGD buffer).
+    (torch's SGD buffer, :func:`curvlab.curvature.momentum.heavy_ball`; with
+    μ = 0 there is no buffer and :math:`u_t = g_t`).
 ``"adam"`` (β₁ = ``momentum``, β₂ = ``beta2``, ε = 1e-8)
     :math:`m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t`,
     :math:`v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2`,
@@ -29,6 +30,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from curvlab.curvature.momentum import heavy_ball
 
 __all__ = ["ADAM_EPS", "DIRECTIONS", "direction_step"]
 
@@ -76,21 +79,23 @@ def direction_step(
     """
     if kind not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {kind!r}")
-    dirs: list[Tensor | None] = []
-    new: list[dict[str, Any]] = []
-    for g, st in zip(grads, states):
-        st = dict(st)
-        if g is None:
-            dirs.append(None)
-            new.append(st)
-            continue
-        g = g.detach()
+    dirs: list[Tensor | None] = [None] * len(grads)
+    new: list[dict[str, Any]] = [dict(st) for st in states]
+    have = [i for i, g in enumerate(grads) if g is not None]
+    if kind == "sgd-momentum" and have:
+        gs = [grads[i].detach() for i in have]  # type: ignore[union-attr]
+        steps, bufs = heavy_ball(gs, gs, [new[i].get("momentum_buffer") for i in have],
+                                 momentum=momentum, dampening=dampening)
+        for i, u, b in zip(have, steps, bufs):
+            dirs[i] = u if b is not None else u.clone()
+            if b is not None:
+                new[i]["momentum_buffer"] = b
+        return dirs, new
+    for i in have:
+        g = grads[i].detach()  # type: ignore[union-attr]
+        st = new[i]
         if kind == "gradient":
             u = g.clone()
-        elif kind == "sgd-momentum":
-            buf = st.get("momentum_buffer")
-            u = g.clone() if buf is None else buf * momentum + g * (1.0 - dampening)
-            st["momentum_buffer"] = u
         else:
             m = st.get("exp_avg", torch.zeros_like(g)) * momentum + g * (1.0 - momentum)
             v = st.get("exp_avg_sq", torch.zeros_like(g)) * beta2 + g * g * (1.0 - beta2)
@@ -98,6 +103,5 @@ def direction_step(
             mhat = m / (1.0 - momentum**step)
             vhat = v / (1.0 - beta2**step)
             u = mhat / (vhat.sqrt() + ADAM_EPS)
-        dirs.append(u)
-        new.append(st)
+        dirs[i] = u
     return dirs, new

@@ -42,69 +42,45 @@ next recomputation (``stats["safeguard_failures"]``). An accepted step
 with ρ ≥ RHO_GOOD = 0.9 sets σ ← max(1, σ/10), otherwise σ is kept, so
 λ_int stays the lower bound. σ lives in ``curv_state["reg_scale"]``. Loss
 values and σ do not depend on the parametrisation, so the check keeps the
-affine invariance.
-
-Measured (harness problems, defaults, seeds 0/1/2/3 of model init and
-batch streams; final full-train loss × loss scale):
-
-- this safeguard: auto-encoder (300 steps) 19.0 / 27.1 / 20.7 / 20.8;
-  MLP (500 steps) 0.098 / 0.091 / 0.040 / 0.035;
-- first safeguard (stalled): 28.9 / 43.5 / 31.9 / 30.6;
-  0.133 / 0.125 / 0.047 / 0.078;
-- ``safeguard=False``: auto-encoder diverges; MLP 0.084 / 0.083 / 0.032 / 0.032.
-
-(Adam 3e-3 ≈ 19 on the auto-encoder, seed 0.) The first safeguard kept a
-cubic term on the unregularised subsets in the predicted decrease: the
-solver's η there does not shrink with σ, so the prediction went to −∞ as
-σ grew and every retry was rejected (η = 0 for whole periods). What is
-left on the MLP is gradient noise between the fresh and the current
-batch: at a few recomputations u is uphill on the current batch at any
-step length, so the check rejects all candidates. Accepting a bounded
-increase where the model (with the current batch's ḡ) predicts one
-matched ``safeguard=False`` on the MLP but diverged on the auto-encoder
-(seed 3): the cubic term makes that bound huge for large η.
-
-Why: on a deep ReLU auto-encoder (digits 64-…-16-…-64, BCE) the first H̄
-along the momentum direction is strongly indefinite through the
-cross-layer blocks (Jacobi-scaled λ_min ≈ −135 against a unit diagonal)
-while the diagonal third derivatives, which alone regularise the cubic
-model, are tiny for the early layers (d_s/max d down to 4e-6: along a
-single ReLU layer the loss is curved only by the BCE). The model's
-minimiser then follows the negative-curvature direction up to
-r ≈ −λ_min(D⁻¹H̄D⁻¹)/c, i.e. η ≈ 1e10 (∝ 1/λ_int, so no λ_int in the grid
-helps), and the true loss rises to 1e33: the cross terms D_ijk that
-actually bend the loss are missing from the model. The check measures
-that mismatch and raises σ (≈ 1e6 there) until the step descends.
-
-Why ``clip_negative`` is on by default: a negative η_s is a step uphill
-along u_s; reused for a whole period along a changing momentum direction it
-is ascent on that subset. On a digits MLP the unclipped method diverged on
-4 of 5 seeds (first η ≈ [425, 672, −126, −23, 16, −14], ReLUs die, solves
-then fail), while clipping trained stably (the paper's code offers the
-same switch). ``clip_negative=False`` keeps the unclipped variant for
-ablations.
+affine invariance. Why the safeguard and ``clip_negative`` are on by
+default, with the measurements behind them and the commands that
+regenerate them: ``docs/backends/groupednewton.rst``.
 
 Invariance: with SGD-momentum or gradient directions the trajectory is
 invariant under θ_s = a_s θ'_s + b_s per subset (scalars a_s ≠ 0, b_s);
 all thresholds are scale-free for that reason.
 
+Scopes: ``lr`` is per param group (LR schedulers drive it); every other
+hyper-parameter is per optimizer (one partition, one solve per step).
+
+Shapes: with S subsets, ḡ is ``(S,)``, H̄ ``(S, S)``, D's diagonal ``(S,)``
+(``full_third_order``: D ``(S, S, S)``), η ``(S,)``, all float64.
+
 The tensors, step sizes and counters live in ``curv_state`` (saved with
 ``state_dict``); :attr:`GroupedNewton.last_tensors` exposes the last ḡ, H̄,
 D and η for inspection.
+
+Example:
+    >>> import torch, curvlab
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 1))
+    >>> opt = curvlab.create("groupednewton", net, torch.nn.MSELoss(), partition="trivial")
+    >>> opt.subset_names
+    ('all',)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from curvlab.closure import call_closure
-from curvlab.hparams import HParam, Schema
-from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
+from curvlab.curvature.finite import all_finite
+from curvlab.hparams import OPTIMIZER, HParam, Schema
+from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 from curvlab_plugins.groupednewton.cubic import D_REL_TOL, cubic_step_sizes, newton_step_sizes
 from curvlab_plugins.groupednewton.direction import DIRECTIONS, direction_step
 from curvlab_plugins.groupednewton.partition import PARTITIONS, build_partition
@@ -112,9 +88,6 @@ from curvlab_plugins.groupednewton.tensors import partition_tensors
 
 __all__ = ["GroupedNewton", "GroupedNewtonTensors"]
 
-#: Hyper-parameters that apply to all param groups at once (no per-group overrides).
-_GLOBAL = ("lambda_int", "order", "period", "eta_ema", "clip_negative", "direction",
-           "momentum", "dampening", "beta2", "partition", "full_third_order", "safeguard")
 #: Factor by which the regularisation grows after a rejected step (and shrinks after a very successful one).
 REG_GROWTH = 10.0
 #: Least ratio ρ = actual / predicted decrease for a step to be accepted.
@@ -157,6 +130,26 @@ class GroupedNewtonTensors:
     reg_scale: float = 1.0
 
 
+@dataclass(frozen=True)
+class StepSizes:
+    """Outcome of one solve-and-accept round (:meth:`GroupedNewton._step_sizes`).
+
+    Attributes:
+        eta_raw: Solution before clipping and smoothing, ``(S,)``.
+        eta: Step sizes to use, ``(S,)``.
+        sigma: σ of the accepted solve (λ_eff = σ·λ_int).
+        reg_scale: New ``curv_state["reg_scale"]`` (``None``: unchanged).
+        counts: Counters of the round (``solve_failures``, ``rejected_steps``,
+            ``safeguard_failures``).
+    """
+
+    eta_raw: Tensor
+    eta: Tensor
+    sigma: float
+    reg_scale: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
 class GroupedNewton(CurvatureOptimizer):
     r"""GroupedNewton (exact partition tensors; see the module docstring).
 
@@ -187,27 +180,32 @@ class GroupedNewton(CurvatureOptimizer):
             HParam("lr", float, 0.1, "λ₁: factor on the step sizes, θ_s ← θ_s − lr·η_s·u_s",
                    low=0.0, grid=(1.0, 0.3, 0.1, 0.03)),
             HParam("lambda_int", float, 10.0, "λ_int: strength of the cubic regularisation "
-                   "(order 3)", low=0.0, low_open=True, grid=(1.0, 10.0, 100.0)),
+                   "(order 3)", low=0.0, low_open=True, grid=(1.0, 10.0, 100.0),
+                   scope=OPTIMIZER),
             HParam("order", int, 3, "2: η = H̄⁻¹ḡ; 3: cubic-regularised with diag(D)",
-                   choices=(2, 3)),
-            HParam("period", int, 10, "recompute ḡ, H̄, D every `period` steps", low=1),
+                   choices=(2, 3), scope=OPTIMIZER),
+            HParam("period", int, 10, "recompute ḡ, H̄, D every `period` steps", low=1,
+                   scope=OPTIMIZER),
             HParam("eta_ema", float, 0.5, "EMA coefficient β of η (0: no smoothing)",
-                   low=0.0, high=1.0, high_open=True),
-            HParam("clip_negative", bool, True, "clip negative step sizes to 0 (stability)"),
+                   low=0.0, high=1.0, high_open=True, scope=OPTIMIZER),
+            HParam("clip_negative", bool, True, "clip negative step sizes to 0 (stability)",
+                   scope=OPTIMIZER),
             HParam("direction", str, "sgd-momentum", "first-order direction u",
-                   choices=DIRECTIONS),
+                   choices=DIRECTIONS, scope=OPTIMIZER),
             HParam("momentum", float, 0.9, "momentum μ of the direction (Adam: β₁)",
-                   low=0.0, high=1.0, high_open=True),
+                   low=0.0, high=1.0, high_open=True, scope=OPTIMIZER),
             HParam("dampening", float, 0.9, "dampening τ of the SGD-momentum direction",
-                   low=0.0, high=1.0),
+                   low=0.0, high=1.0, scope=OPTIMIZER),
             HParam("beta2", float, 0.999, "β₂ of the Adam direction", low=0.0, high=1.0,
-                   high_open=True),
+                   high_open=True, scope=OPTIMIZER),
             HParam("partition", str, "tensor", "how parameters are split into subsets",
-                   choices=PARTITIONS),
+                   choices=PARTITIONS, scope=OPTIMIZER),
             HParam("safeguard", bool, True, "reject a recomputed step that raises the loss on "
-                   "the current batch; raise the regularisation ×10 and re-solve"),
+                   "the current batch; raise the regularisation ×10 and re-solve",
+                   scope=OPTIMIZER),
             HParam("full_third_order", bool, False, "compute the full S×S×S tensor D for "
-                   "inspection (S(S+1)/2 extra passes; the step uses its diagonal)"),
+                   "inspection (S(S+1)/2 extra passes; the step uses its diagonal)",
+                   scope=OPTIMIZER),
         ]
     )
     meta = OptimizerMeta(
@@ -222,13 +220,6 @@ class GroupedNewton(CurvatureOptimizer):
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        for i, group in enumerate(self.param_groups):
-            for key in _GLOBAL:
-                if group[key] != self.defaults[key]:
-                    raise ValueError(
-                        f"{key} is global to groupednewton; set it at construction, not in "
-                        f"param group {i} (got {group[key]!r}, default {self.defaults[key]!r})"
-                    )
         params, group_of = [], []
         for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
@@ -236,7 +227,7 @@ class GroupedNewton(CurvatureOptimizer):
                     params.append(p)
                     group_of.append(gi)
         names = [g.get("name", f"group{i}") for i, g in enumerate(self.param_groups)]
-        subsets = build_partition(self.defaults["partition"], params, model=self.model,
+        subsets = build_partition(self.optimizer_hparams["partition"], params, model=self.model,
                                   group_of=group_of, group_names=names)
         self._params: list[Tensor] = params
         self._group_of: list[int] = group_of
@@ -264,7 +255,7 @@ class GroupedNewton(CurvatureOptimizer):
 
     # ------------------------------------------------------------------- step
     def _solve(self, tensors, sigma: float = 1.0) -> tuple[Tensor, bool]:
-        hp = self.defaults
+        hp = self.optimizer_hparams
         if hp["order"] == 2:
             out = newton_step_sizes(tensors.hbar, tensors.gbar)
             return out.eta / sigma, out.ok
@@ -284,10 +275,11 @@ class GroupedNewton(CurvatureOptimizer):
                 out.append((p, p - d * (lr * step_size)))
         return out
 
-    def _predicted(self, tensors, eta: Tensor, lam: float) -> float:
+    def _predicted(self, tensors, eta: Tensor, lam: float, active: list[int] | None = None) -> float:
         r"""Model decrease ḡᵀe − ½eᵀH̄e − (λ/6)‖𝒟e‖³ at e_s = lr_s·η_s (order 2: no cubic term)."""
-        lr = torch.tensor([self.param_groups[self._group_of[idx[0]]]["lr"] if idx else 0.0
-                           for idx in self._subsets], dtype=torch.float64)
+        active = list(range(len(self._subsets))) if active is None else active
+        lr = torch.tensor([self.param_groups[self._group_of[self._subsets[i][0]]]["lr"]
+                           for i in active], dtype=torch.float64)
         e = lr * eta.to(torch.float64)
         pred = float(tensors.gbar @ e - 0.5 * e @ tensors.hbar @ e)
         if tensors.d is not None:
@@ -307,7 +299,7 @@ class GroupedNewton(CurvatureOptimizer):
         """
         if not new_params:
             return 1.0
-        if not self.all_finite(v for _, v in new_params):
+        if not all_finite(v for _, v in new_params):
             return float("-inf")
         with torch.no_grad():
             old = [p.detach().clone() for p, _ in new_params]
@@ -324,37 +316,63 @@ class GroupedNewton(CurvatureOptimizer):
             return float("-inf")
         return 1.0 if pred <= 0 else actual / pred
 
-    def _step_sizes(self, tensors, closure, dirs, loss0: float | None, counts: dict[str, int],
-                    updates: dict[str, Any]) -> tuple[Tensor, Tensor, float]:
-        """Solve, clip, smooth and (safeguard) accept; returns (η_raw, η, σ)."""
-        hp = self.defaults
+    def _scatter(self, values: Tensor, active: list[int], fill: Tensor | None = None) -> Tensor:
+        """A length-S vector: ``values`` at the ``active`` subsets, ``fill`` (or 0) elsewhere."""
+        if len(active) == len(self._subsets):
+            return values
+        out = torch.zeros(len(self._subsets), dtype=values.dtype) if fill is None else fill.clone()
+        out[active] = values
+        return out
+
+    def _step_sizes(self, tensors, closure, dirs, loss0: float | None,
+                    active: list[int]) -> StepSizes:
+        """Solve, clip, smooth and (safeguard) accept the step sizes of the ``active`` subsets."""
+        hp = self.optimizer_hparams
         cs = self.curv_state
         sigma0 = float(cs.get("reg_scale", 1.0))
         sigma = sigma0
         old = cs.get("eta")
+        old = None if old is None else old[active]
         beta = hp["eta_ema"]
         check = hp["safeguard"] and loss0 is not None and loss0 == loss0
+        counts = {"solve_failures": 0}
         for _ in range(MAX_REJECTIONS + 1):
             eta_raw, ok = self._solve(tensors, sigma)
-            counts["solve_failures"] = counts.get("solve_failures", 0) + int(not ok)
+            counts["solve_failures"] += int(not ok)
             eta_new = eta_raw.clamp(min=0.0) if hp["clip_negative"] else eta_raw
             eta = eta_new.clone() if old is None else beta * old + (1.0 - beta) * eta_new
             if not check:
-                return eta_raw, eta, sigma
-            rho = self._trial_ratio(closure, self._candidate(dirs, eta), loss0,
-                                    self._predicted(tensors, eta, sigma * hp["lambda_int"]))
+                return StepSizes(eta_raw, eta, sigma, counts=counts)
+            rho = self._trial_ratio(closure, self._candidate(dirs, self._scatter(eta, active)),
+                                    loss0,
+                                    self._predicted(tensors, eta, sigma * hp["lambda_int"], active))
             if rho >= RHO_MIN:
-                updates["reg_scale"] = max(1.0, sigma / REG_GROWTH) if rho >= RHO_GOOD else sigma
-                return eta_raw, eta, sigma
+                reg = max(1.0, sigma / REG_GROWTH) if rho >= RHO_GOOD else sigma
+                return StepSizes(eta_raw, eta, sigma, reg_scale=reg, counts=counts)
             counts["rejected_steps"] = counts.get("rejected_steps", 0) + 1
             sigma *= REG_GROWTH
             old = None  # the smoothed η belongs to older directions: retry without it
         counts["safeguard_failures"] = 1
-        return eta_raw, torch.zeros_like(eta), sigma0
+        return StepSizes(eta_raw, torch.zeros_like(eta), sigma0, counts=counts)
 
-    def _update(self, closure: Callable[..., Tensor] | None, loss: Tensor | None) -> None:
-        hp = self.defaults
+    def _full_tensors(self, tensors, sizes: StepSizes, active: list[int], t: int) -> dict[str, Any]:
+        """The tensors for ``curv_state`` over all S subsets (frozen subsets: zeros)."""
+        out = {"gbar": tensors.gbar, "hbar": tensors.hbar, "d": tensors.d,
+               "eta_raw": sizes.eta_raw, "step": t, "reg_scale": sizes.sigma}
+        if len(active) == len(self._subsets):
+            return out
+        S, idx = len(self._subsets), torch.tensor(active)
+        hbar = torch.zeros(S, S, dtype=torch.float64)
+        hbar[idx[:, None], idx[None, :]] = tensors.hbar
+        out.update(gbar=self._scatter(tensors.gbar, active), hbar=hbar,
+                   d=None if tensors.d is None else self._scatter(tensors.d_diag, active),
+                   eta_raw=self._scatter(sizes.eta_raw, active))
+        return out
+
+    def _update(self, closure: Callable[..., Tensor] | None, evaluation: Evaluation) -> Step | Skip:
+        hp = self.optimizer_hparams
         cs = self.curv_state
+        loss = evaluation.loss
         t = int(cs.get("step", 0))
         params = self._params
         dirs, new_states = direction_step(
@@ -366,32 +384,38 @@ class GroupedNewton(CurvatureOptimizer):
         updates: dict[str, Any] = {"step": t + 1, "direction_steps": int(cs.get("direction_steps", 0)) + 1}
         counts: dict[str, int] = {}
         if t % hp["period"] == 0:
+            # parameters frozen since construction (requires_grad=False) take no part
+            live = [k for k, p in enumerate(params) if p.requires_grad]
+            where = {k: n for n, k in enumerate(live)}
+            subsets = [[where[k] for k in idx if k in where] for idx in self._subsets]
+            active = [i for i, idx in enumerate(subsets) if idx]
+            if not active:
+                return Step()
             fresh = call_closure(closure, who=self.name, backward=False, fresh=True)
-            tensors = partition_tensors(fresh, params, u, self._subsets, order=hp["order"],
-                                        full=hp["full_third_order"])
+            tensors = partition_tensors(fresh, [params[k] for k in live], [u[k] for k in live],
+                                        [subsets[i] for i in active], order=hp["order"],
+                                        full=hp["full_third_order"] and len(active) == len(subsets))
             del fresh
-            if not self.all_finite([tensors.gbar, tensors.hbar, tensors.d]):
-                self.skip_step("non-finite partition tensors")
-                return
-            counts["tensor_computations"] = 1
+            if not all_finite([tensors.gbar, tensors.hbar, tensors.d]):
+                return Skip("non-finite partition tensors")
             loss0 = None if loss is None else float(loss.detach())
-            eta_raw, eta, sigma = self._step_sizes(tensors, closure, dirs, loss0, counts, updates)
+            sizes = self._step_sizes(tensors, closure, dirs, loss0, active)
+            counts = {"tensor_computations": 1, **sizes.counts}
             if hp["clip_negative"]:
-                counts["clipped_step_sizes"] = int((eta_raw < 0).sum())
-            updates["eta"] = eta
-            updates["tensors"] = {"gbar": tensors.gbar, "hbar": tensors.hbar, "d": tensors.d,
-                                  "eta_raw": eta_raw, "step": t, "reg_scale": sigma}
+                counts["clipped_step_sizes"] = int((sizes.eta_raw < 0).sum())
+            if sizes.reg_scale is not None:
+                updates["reg_scale"] = sizes.reg_scale
+            updates["eta"] = self._scatter(sizes.eta, active, cs.get("eta"))
+            updates["tensors"] = self._full_tensors(tensors, sizes, active, t)
         eta = updates.get("eta", cs.get("eta"))
         new_params = self._candidate(dirs, eta)
         with torch.no_grad():
-            if not self.all_finite(v for _, v in new_params):
-                self.skip_step("non-finite update (overflow of lr·η·u)")
-                return
+            if not all_finite(v for _, v in new_params):
+                return Skip("non-finite update (overflow of lr·η·u)")
             cs.update(updates)
-            for key, n in counts.items():
-                self.count(key, n)
             for p, st in zip(params, new_states):
                 if st:
                     self.state[p].update(st)
             for p, v in new_params:
                 p.copy_(v)
+        return Step(counts=counts)

@@ -2,129 +2,144 @@ r"""Hooks that record what K-BFGS needs from each ``Linear`` layer in one evalua
 
 For a layer :math:`h = W a` (bias folded in through the homogeneous input
 :math:`a = (x, 1)`) and a batch of :math:`N` rows (leading dimensions are
-flattened, so a sequence model's positions count as rows):
+flattened, so a sequence model's positions count as rows), one
+:class:`Recording` holds, per layer:
 
 * ``x``: the layer inputs as an ``(N, in)`` matrix (only when inputs are
   recorded; the optimizer forms :math:`\frac1N \sum_n a_n a_n^\top` from it,
   fused with its moving average),
 * ``h_mean``: :math:`\bar h = \frac1N \sum_n h_n`,
-* ``g_mean``: :math:`\bar g = \frac1N \sum_n \partial \ell_n / \partial h_n`,
-  the mean per-example gradient of the summed loss
-  :math:`\sum_n \ell_n`. With the closure's loss :math:`L` and
-  :math:`L_\text{paper} = \frac1N \sum_n \ell_n = c\,L`
-  (:mod:`curvlab_plugins.kbfgs.normalisation`; :attr:`PreactivationCapture.scale`
-  holds :math:`c`), :math:`\partial \ell_n / \partial h_n = N c\,
-  \partial L / \partial h_n` and so :math:`\bar g = c \sum_n \partial L / \partial h_n`.
+* ``g_sum``: :math:`\sum_n \partial L / \partial h_n` for the closure's loss
+  :math:`L`, filled in by a tensor hook on the layer output during the
+  backward pass (the optimizer converts it to the paper's normalisation,
+  :mod:`curvlab_plugins.kbfgs.normalisation`),
 
-``g_mean`` comes from a tensor hook on the layer output, so it is filled in
-during the closure's backward pass. Hooks are active only inside
-:meth:`PreactivationCapture.recording`; the records live on the instance
-(no module-level state).
+and the model's output (:attr:`Recording.model_output`), from which the
+optimizer derives that normalisation.
+
+The hooks exist only inside :meth:`PreactivationCapture.recording`: they
+are registered on entry and removed on exit, so no hook stays on the
+model between steps (two optimizers on one model never stack hooks, and
+a dropped optimizer leaves nothing behind). Every record lives in the
+:class:`Recording` that the block yields (no state on the capture).
+
+In-place activations (``ReLU(inplace=True)``) would overwrite the layer
+output and, with it, the autograd node that :math:`\partial L/\partial h`
+refers to; the forward hook therefore hands the next module a copy of
+:math:`h` (one extra elementwise pass per layer on the recorded passes),
+so the trajectory equals that of the out-of-place model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PreactivationCapture"]
+__all__ = ["PreactivationCapture", "Recording"]
+
+
+@dataclass
+class Recording:
+    """What one evaluation recorded.
+
+    Attributes:
+        records: ``{layer: {"h_mean", "g_sum", ["x"]}}``.
+        outputs: ``{layer: h}`` (with their graph) while the block runs, so
+            that ``torch.autograd.grad(loss, outputs)`` fills in ``g_sum``
+            without computing weight gradients; emptied on exit.
+        model_output: The model's (detached) output of the evaluation, or ``None``.
+    """
+
+    records: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    outputs: dict[str, Tensor] = field(default_factory=dict)
+    model_output: Tensor | None = None
 
 
 class PreactivationCapture:
-    """Forward hooks (and output tensor hooks) on named ``Linear`` layers.
+    """Forward hooks (and output tensor hooks) on named ``Linear`` layers, during a block.
 
     Args:
-        layers: ``{name: module}`` (from :func:`curvlab.curvature.layers.find_layers`).
-        scale: The factor :math:`c` above (set per evaluation by the optimizer).
+        layers: ``{name: module}`` (from :func:`curvlab.curvature.coverage.layer_coverage`).
+        model: The network whose output :attr:`Recording.model_output` records (optional).
         who: Optimizer name for error messages.
 
     Example:
         >>> lin = nn.Linear(2, 3)
         >>> cap = PreactivationCapture({"0": lin})
-        >>> x = torch.ones(4, 2)
-        >>> with cap.recording(inputs=True):
-        ...     lin(x).mean().backward()
-        >>> rec = cap.records["0"]
-        >>> rec["x"].shape, rec["h_mean"].shape, rec["g_mean"].shape
+        >>> with cap.recording(inputs=True) as rec:
+        ...     lin(torch.ones(4, 2)).mean().backward()
+        >>> r = rec.records["0"]
+        >>> r["x"].shape, r["h_mean"].shape, r["g_sum"].shape
         (torch.Size([4, 2]), torch.Size([3]), torch.Size([3]))
-        >>> cap.remove()
+        >>> len(lin._forward_hooks)   # nothing stays on the layer
+        0
     """
 
     def __init__(
-        self, layers: Mapping[str, nn.Module], *, scale: float = 1.0, who: str = "kbfgs"
+        self, layers: Mapping[str, nn.Module], *, model: nn.Module | None = None,
+        who: str = "kbfgs",
     ) -> None:
         self.layers = dict(layers)
-        self.scale = scale
+        self.model = model
         self.who = who
-        self.records: dict[str, dict[str, Tensor]] = {}
-        self.outputs: dict[str, Tensor] = {}
-        self._active = False
-        self._inputs = False
-        self._handles = [
-            module.register_forward_hook(self._make_hook(name)) for name, module in self.layers.items()
-        ]
 
-    def _make_hook(self, name: str) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
-            if self._active:
-                self._record(name, module, args[0], output)
+    def _layer_hook(self, name: str, rec: Recording, inputs: bool) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], h: Tensor) -> Tensor | None:
+            if name in rec.records:
+                raise ValueError(
+                    f"{self.who}: layer model.{name} ran twice in one evaluation; "
+                    "shared (re-used) layers are not supported"
+                )
+            entry: dict[str, Tensor] = {}
+            rec.records[name] = entry
+            with torch.no_grad():
+                entry["h_mean"] = h.detach().reshape(-1, h.shape[-1]).mean(0)
+                if inputs:
+                    x = args[0]
+                    entry["x"] = x.detach().reshape(-1, x.shape[-1])
+            if not h.requires_grad:
+                return None
+            rec.outputs[name] = h
+
+            def grad_hook(g: Tensor) -> None:
+                entry["g_sum"] = g.detach().reshape(-1, g.shape[-1]).sum(0)
+
+            h.register_hook(grad_hook)
+            # the next module gets a copy: an in-place op on it leaves h and its gradient intact
+            return h.clone()
 
         return hook
 
-    def _record(self, name: str, module: nn.Module, x: Tensor, h: Tensor) -> None:
-        if name in self.records:
-            raise ValueError(
-                f"{self.who}: layer model.{name} ran twice in one evaluation; "
-                "shared (re-used) layers are not supported"
-            )
-        rec: dict[str, Tensor] = {}
-        self.records[name] = rec
-        with torch.no_grad():
-            h2 = h.detach().reshape(-1, h.shape[-1])
-            rec["h_mean"] = h2.mean(0)
-            if self._inputs:
-                rec["x"] = x.detach().reshape(-1, x.shape[-1])
-        if h.requires_grad:
-            self.outputs[name] = h
+    def _model_hook(self, rec: Recording) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, Tensor):
+                rec.model_output = output.detach()
 
-            def grad_hook(g: Tensor) -> None:
-                g2 = g.detach().reshape(-1, g.shape[-1])
-                rec["g_mean"] = g2.sum(0).mul_(self.scale)
-
-            h.register_hook(grad_hook)
-
-    @property
-    def active(self) -> bool:
-        """Whether a :meth:`recording` block is running."""
-        return self._active
+        return hook
 
     @contextmanager
-    def recording(self, *, inputs: bool) -> Iterator[dict[str, dict[str, Tensor]]]:
-        """Record the layers during the block (clears earlier records).
+    def recording(self, *, inputs: bool) -> Iterator[Recording]:
+        """Record the layers during the block.
 
         Args:
             inputs: Also record the inputs ``x`` (first evaluation of a step).
 
         Yields:
-            The records dict, ``{layer: {"h_mean", "g_mean", ["x"]}}``.
-            During the block, :attr:`outputs` holds the layer outputs (with
-            their graph) so that ``torch.autograd.grad(loss, outputs)`` can
-            fill in ``g_mean`` without computing weight gradients.
+            The :class:`Recording` of this block.
         """
-        self.records, self.outputs = {}, {}
-        self._active, self._inputs = True, inputs
+        rec = Recording()
+        handles = [m.register_forward_hook(self._layer_hook(n, rec, inputs))
+                   for n, m in self.layers.items()]
+        if self.model is not None:
+            handles.append(self.model.register_forward_hook(self._model_hook(rec)))
         try:
-            yield self.records
+            yield rec
         finally:
-            self._active = False
-            self.outputs = {}
-
-    def remove(self) -> None:
-        """Remove the forward hooks."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+            for handle in handles:
+                handle.remove()
+            rec.outputs = {}

@@ -42,6 +42,15 @@ the paper's defaults mean the same whatever the reduction. Counters in
 ``lm_damped``, ``skipped_pairs`` (pairs not used: zero, non-finite, or not
 safely positive after damping; then :math:`H_g` is left unchanged).
 
+Scopes: every hyper-parameter is per param group (a layer uses the group
+of its weight). Shapes per ``Linear(d_in, d_out)`` layer: :math:`A, H_a`
+``(d_in + 1, d_in + 1)`` with a trainable bias (``(d_in, d_in)`` without
+one, or with a frozen one: a frozen bias is a constant, not part of the
+block), :math:`H_g` ``(d_out, d_out)``, :math:`s, y` ``(d_out,)``. Frozen
+parameters are never moved; a layer with a frozen weight and a trainable
+bias is refused at construction. The forward hooks exist only during the
+two evaluations of a step (:mod:`curvlab_plugins.kbfgs.capture`).
+
 Cost: the per-layer work is a few matrix products (the EMA of :math:`A` is
 one ``addmm``, :math:`P` two products); the small scalar algebra of all
 layers is batched (BFGS updates as :math:`H + V^\top C V` with :math:`C`
@@ -56,6 +65,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -64,16 +74,18 @@ from torch import Tensor, nn
 
 from curvlab.closure import accepts, call_closure
 from curvlab.curvature.bfgs import bfgs_gram_coefficients
+from curvlab.curvature.coverage import layer_coverage
+from curvlab.curvature.descent import descend_
 from curvlab.curvature.double_damping import DampedPair, double_damping, double_damping_blocks
-from curvlab.curvature.layers import find_layers
+from curvlab.curvature.finite import all_finite, finite_flags
 from curvlab.curvature.lbfgs import LBFGSMemory, compact_apply, compact_factors
 from curvlab.hparams import HParam, Schema
-from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
+from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 from curvlab_plugins.kbfgs.blocks import Blocks
-from curvlab_plugins.kbfgs.capture import PreactivationCapture
+from curvlab_plugins.kbfgs.capture import PreactivationCapture, Recording
 from curvlab_plugins.kbfgs.normalisation import paper_loss_scale
 
-__all__ = ["KBFGS", "KBFGSL"]
+__all__ = ["KBFGS", "KBFGSL", "LayerStatistics"]
 
 _PAPER = (
     "Goldfarb, Ren & Bahamou, Practical Quasi-Newton Methods for Training Deep Neural "
@@ -96,12 +108,26 @@ _COMMON = [
 ]
 
 
-def _sums(tensors: list[Tensor]) -> Tensor:
-    """``(len(tensors),)`` sums: one is non-finite iff its tensor has a NaN/Inf (or overflows).
+def _meta(summary: str, *tags: str) -> OptimizerMeta:
+    """What K-BFGS and K-BFGS(L) declare alike (Linear layers, a closure evaluated twice)."""
+    return OptimizerMeta(summary=summary, paper=_PAPER, layers=("Linear",), requires_closure=True,
+                         conformance={"lr": 0.3}, tags=("quasi-newton", "kronecker", *tags))
 
-    (Cheaper than max-abs: ``_foreach_norm(·, inf)`` is not vectorised on CPU.)
+
+@dataclass(frozen=True)
+class LayerStatistics:
+    r"""One evaluation's per-layer statistics, in the paper's loss normalisation.
+
+    Attributes:
+        records: ``{layer: {"h_mean", "g_mean", ["x"]}}`` with
+            :math:`\bar g = c \sum_n \partial L/\partial h_n`
+            (:mod:`~curvlab_plugins.kbfgs.capture`).
+        scale: The factor :math:`c` (:func:`~curvlab_plugins.kbfgs.normalisation.paper_loss_scale`),
+            also applied to the weight gradients.
     """
-    return torch.stack([t.sum() for t in tensors])
+
+    records: dict[str, dict[str, Tensor]]
+    scale: float
 
 
 def _bfgs_blocks(Hs: list[Tensor], Vs: list[Tensor]) -> tuple[list[Tensor], Tensor]:
@@ -146,35 +172,37 @@ class _KBFGSBase(CurvatureOptimizer):
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         model = self.require_model()
-        layers = find_layers(model, (nn.Linear,), who=self.name)
-        group_of = {id(p): g for g in self.param_groups for p in g["params"]}
-        owned = {id(p) for m in layers.values() for p in m.parameters(recurse=False)}
-        for g in self.param_groups:
-            for p in g["params"]:
-                if id(p) not in owned:
-                    raise ValueError(
-                        f"{self.name} optimises only parameters of Linear layers of the model; "
-                        f"got a parameter of shape {tuple(p.shape)} outside them"
-                    )
-        self._layers = {n: m for n, m in layers.items() if id(m.weight) in group_of}
-        self._group_of = group_of
-        self._capture = PreactivationCapture(self._layers, who=self.name)
-        self._grad_scale = 1.0
-        model.register_forward_hook(self._set_loss_scale)
-        self._first: dict[str, dict[str, Tensor]] = {}
+        coverage = layer_coverage(model, self.param_groups, (nn.Linear,), who=self.name)
+        for name, mod in coverage.layers.items():
+            if not coverage.trainable(mod.weight):
+                raise ValueError(
+                    f"{self.name} preconditions a layer's weight and bias together; model.{name} "
+                    "has a trainable bias but a frozen weight (freeze both, or neither)"
+                )
+        self.coverage = coverage
+        self._layers = dict(coverage.layers)
+        #: the trainable bias of each layer (None: no bias, or a frozen one)
+        self._bias = {n: (m.bias if coverage.trainable(m.bias) else None)
+                      for n, m in self._layers.items()}
+        self._capture = PreactivationCapture(self._layers, model=model, who=self.name)
         self._blocks: dict[tuple[str, ...], Blocks] = {}
 
-    def _set_loss_scale(self, module: nn.Module, args: Any, output: Tensor) -> None:
-        """Model forward hook: the factor c to the paper's loss normalisation."""
-        if self._capture.active and isinstance(output, Tensor):
-            self._capture.scale = paper_loss_scale(self.loss_fn, output)
+    def _statistics(self, rec: Recording) -> LayerStatistics:
+        r"""The recording in the paper's normalisation (:math:`\bar g = c\,` ``g_sum``)."""
+        out = rec.model_output
+        scale = paper_loss_scale(self.loss_fn, out) if out is not None else 1.0
+        records = {}
+        for name, r in rec.records.items():
+            entry = {k: v for k, v in r.items() if k != "g_sum"}
+            if "g_sum" in r:
+                entry["g_mean"] = r["g_sum"].mul(scale) if scale != 1.0 else r["g_sum"]
+            records[name] = entry
+        return LayerStatistics(records, scale)
 
-    def _evaluate(self, closure: Callable[..., Tensor]) -> Tensor:
-        with self._capture.recording(inputs=True) as records:
+    def _evaluate(self, closure: Callable[..., Tensor]) -> Evaluation[LayerStatistics]:
+        with self._capture.recording(inputs=True) as rec:
             loss = call_closure(closure, who=self.name)
-        self._first = records
-        self._grad_scale = self._capture.scale
-        return loss
+        return Evaluation(loss, self._statistics(rec))
 
     def _blocks_for(self, names: list[str], like: Tensor) -> Blocks:
         """The (cached) concatenation layout of the layers' output widths."""
@@ -185,21 +213,19 @@ class _KBFGSBase(CurvatureOptimizer):
         return self._blocks[key]
 
     # ------------------------------------------------------------------- step
-    def _momenta(self, names: list[str]) -> dict[Tensor, Tensor]:
-        r"""New gradient momenta :math:`\mu M + (1-\mu)(g + w\,p)` (foreach, per hparam set)."""
+    def _momenta(self, names: list[str], scale: float) -> dict[Tensor, Tensor]:
+        r"""New gradient momenta :math:`\mu M + (1-\mu)(c\,g + w\,p)` (foreach, per hparam set)."""
         by_key: dict[tuple[float, float], list[Tensor]] = {}
         for name in names:
-            mod = self._layers[name]
-            group = self._group_of[id(mod.weight)]
-            for p in (mod.weight, mod.bias):
+            for p in (self._layers[name].weight, self._bias[name]):
                 if p is not None:
-                    g = self._group_of.get(id(p), group)
+                    g = self.coverage.group(p)
                     by_key.setdefault((g["momentum"], g["weight_decay"]), []).append(p)
         new: dict[Tensor, Tensor] = {}
         for (mu, wd), ps in by_key.items():
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in ps]
-            if self._grad_scale != 1.0:  # to the paper's loss normalisation
-                grads = torch._foreach_mul(grads, self._grad_scale)
+            if scale != 1.0:  # to the paper's loss normalisation
+                grads = torch._foreach_mul(grads, scale)
             if wd != 0:
                 grads = torch._foreach_add(grads, ps, alpha=wd)
             bufs = [self.state[p].get("momentum_buffer") for p in ps]
@@ -213,23 +239,25 @@ class _KBFGSBase(CurvatureOptimizer):
         return new
 
     @torch.no_grad()
-    def _update(self, closure: Callable[..., Tensor] | None, loss: Tensor | None) -> None:
-        assert closure is not None  # meta.requires_closure
-        first, self._first = self._first, {}
+    def _update(self, closure: Callable[..., Tensor] | None,
+                evaluation: Evaluation[LayerStatistics]) -> Step | Skip:
+        assert closure is not None and evaluation.data is not None  # meta.requires_closure
+        self.coverage.check_gradients(self.name)
+        first = evaluation.data.records
         names = [
             n for n, m in self._layers.items()
             if m.weight.grad is not None and "g_mean" in first.get(n, {})
         ]
         if not names:
-            return
-        new_mom = self._momenta(names)
+            return Step()
+        new_mom = self._momenta(names, evaluation.data.scale)
         entries: dict[str, dict[str, Tensor]] = {}
         upd_names, upd_H, upd_V = [], [], []
         for name in names:
             mod = self._layers[name]
-            group = self._group_of[id(mod.weight)]
+            group = self.coverage.group(mod.weight)
             x = first[name]["x"]
-            X = F.pad(x, (0, 1), value=1.0) if mod.bias is not None else x
+            X = F.pad(x, (0, 1), value=1.0) if self._bias[name] is not None else x
             old = self.curv_state.get(name)
             if old is None:
                 entries[name] = self._first_entry(X, mod.weight, group)
@@ -250,33 +278,31 @@ class _KBFGSBase(CurvatureOptimizer):
                 entries[name]["H_a"] = H
         prepared, directions = {}, []
         for name in names:
-            mod, entry = self._layers[name], entries[name]
-            group = self._group_of[id(mod.weight)]
-            mW = new_mom[mod.weight]
-            Mat = mW if mod.bias is None else torch.cat([mW, new_mom[mod.bias][:, None]], dim=1)
+            entry, bias = entries[name], self._bias[name]
+            group = self.coverage.group(self._layers[name].weight)
+            mW = new_mom[self._layers[name].weight]
+            Mat = mW if bias is None else torch.cat([mW, new_mom[bias][:, None]], dim=1)
             prepared[name] = self._hg_prepare(entry, group)
             directions.append(self._hg_apply(prepared[name], Mat @ entry["H_a"]))
         # new A and H_a (overflow included), and P: one sync for all layers
-        checks = [t for e in entries.values() for t in (e["A"], e["H_a"])] + directions
-        if not bool(torch.isfinite(_sums(checks)).all()):
-            self.skip_step("non-finite K-BFGS curvature or direction")
-            return
-        # commit phase 1
+        if not all_finite([t for e in entries.values() for t in (e["A"], e["H_a"])] + directions):
+            return Skip("non-finite K-BFGS curvature or direction")
+        params, steps, lrs = [], [], []
+        for name, P in zip(names, directions):
+            mod, bias = self._layers[name], self._bias[name]
+            cols = mod.weight.shape[1]
+            for p, d in ((mod.weight, P[:, :cols]), (bias, P[:, cols] if bias is not None else None)):
+                if p is not None and d is not None and p.grad is not None:
+                    params.append(p)
+                    steps.append(d)
+                    lrs.append(self.coverage.group(p)["lr"])
+        if not descend_(params, steps, lrs):
+            return Skip("non-finite update (overflow of lr · direction)")
+        # committed: momenta and curvature of phase 1, then the pairs at θ⁺
         for p, m in new_mom.items():
             self.state[p]["momentum_buffer"] = m
         self.curv_state.update(entries)
-        by_lr: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
-        for name, P in zip(names, directions):
-            mod = self._layers[name]
-            cols = mod.weight.shape[1]
-            for p, d in ((mod.weight, P[:, :cols]), (mod.bias, P[:, cols] if P.shape[1] > cols else None)):
-                if p is not None and d is not None and id(p) in self._group_of:
-                    ps, ds = by_lr.setdefault(self._group_of[id(p)]["lr"], ([], []))
-                    ps.append(p)
-                    ds.append(d)
-        for lr, (ps, ds) in by_lr.items():
-            torch._foreach_add_(ps, ds, alpha=-lr)
-        self._pre_activation_pairs(closure, first, names, prepared)
+        return Step(counts=self._pre_activation_pairs(closure, first, names, prepared))
 
     def _first_entry(self, X: Tensor, weight: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """State of a layer's first step: A from the batch, H_a = (A + λ_A I)⁻¹ explicitly, H_g = I."""
@@ -292,27 +318,30 @@ class _KBFGSBase(CurvatureOptimizer):
     def _pre_activation_pairs(
         self, closure: Callable[..., Tensor], first: dict[str, dict[str, Tensor]], names: list[str],
         prepared: dict[str, Any],
-    ) -> None:
-        """Second evaluation at θ⁺ on the same batch, then the damped H_g updates (one sync)."""
-        with self._capture.recording(inputs=False) as second, torch.enable_grad():
+    ) -> dict[str, int]:
+        """Second evaluation at θ⁺ on the same batch, then the damped H_g updates (one sync).
+
+        Returns:
+            The step's counters (``pairs``, ``powell_damped``, ``lm_damped``, ``skipped_pairs``).
+        """
+        with self._capture.recording(inputs=False) as rec, torch.enable_grad():
             if accepts(closure, "backward"):
                 # only ∂L/∂h is needed: skip the weight gradients and leave .grad alone
                 loss = call_closure(closure, who=self.name, backward=False)
-                outs = list(self._capture.outputs.values())
+                outs = list(rec.outputs.values())
                 if outs and isinstance(loss, Tensor) and loss.requires_grad:
                     torch.autograd.grad(loss, outs, allow_unused=True)
             else:
                 call_closure(closure, who=self.name)
+        second = self._statistics(rec).records
         pair_names = [n for n in names if "g_mean" in second.get(n, {})]
         missing = len(names) - len(pair_names)
         counts = [0, 0, missing]
         if pair_names:
             counts = [c + v for c, v in zip(counts, self._damped_updates(first, second, pair_names,
                                                                           prepared))]
-        self.count("pairs", len(names))
-        self.count("powell_damped", counts[0])
-        self.count("lm_damped", counts[1])
-        self.count("skipped_pairs", counts[2])
+        return {"pairs": len(names), "powell_damped": counts[0], "lm_damped": counts[1],
+                "skipped_pairs": counts[2]}
 
     def _damped_updates(
         self, first: dict[str, dict[str, Tensor]], second: dict[str, dict[str, Tensor]],
@@ -320,7 +349,7 @@ class _KBFGSBase(CurvatureOptimizer):
     ) -> list[int]:
         """Smoothed pairs, double damping and H_g candidates for all layers at once; commit."""
         entries = [self.curv_state[n] for n in names]
-        groups = [self._group_of[id(self._layers[n].weight)] for n in names]
+        groups = [self.coverage.group(self._layers[n].weight) for n in names]
         blocks = self._blocks_for(names, entries[0]["s"])
         cat = torch.cat
         s_new = cat([second[n]["h_mean"] for n in names]) - cat([first[n]["h_mean"] for n in names])
@@ -350,7 +379,7 @@ class _KBFGSBase(CurvatureOptimizer):
             prep, blocks.split(pair.s), blocks.split(pair.y), blocks, pair.s, pair.y)
         applied = ok & pair.valid & fresh
         if checks:
-            applied = applied & torch.isfinite(_sums(checks))
+            applied = applied & finite_flags(checks)
         flags = torch.stack([pair.powell, pair.lm, applied]).tolist()
         st_parts, yt_parts = blocks.split(pair.s), blocks.split(pair.y)
         for i, (name, entry, group) in enumerate(zip(names, entries, groups)):
@@ -385,14 +414,7 @@ class KBFGS(_KBFGSBase):
 
     name = "kbfgs"
     schema = Schema(_COMMON)
-    meta = OptimizerMeta(
-        summary="K-BFGS: Kronecker-factored BFGS with double damping (dense H_g)",
-        paper=_PAPER,
-        layers=("Linear",),
-        requires_closure=True,
-        conformance={"lr": 0.3},
-        tags=("quasi-newton", "kronecker"),
-    )
+    meta = _meta("K-BFGS: Kronecker-factored BFGS with double damping (dense H_g)")
 
     def _hg_init(self, dim: int, like: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return {"H_g": torch.eye(dim, dtype=like.dtype, device=like.device)}
@@ -438,14 +460,8 @@ class KBFGSL(_KBFGSBase):
     name = "kbfgsl"
     schema = Schema([*_COMMON, HParam("memory", int, 100, "L-BFGS memory (pairs kept per layer)",
                                       low=1)])
-    meta = OptimizerMeta(
-        summary="K-BFGS(L): Kronecker-factored BFGS with double damping, L-BFGS for H_g",
-        paper=_PAPER,
-        layers=("Linear",),
-        requires_closure=True,
-        conformance={"lr": 0.3},
-        tags=("quasi-newton", "kronecker", "limited-memory"),
-    )
+    meta = _meta("K-BFGS(L): Kronecker-factored BFGS with double damping, L-BFGS for H_g",
+                 "limited-memory")
 
     def _hg_init(self, dim: int, like: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         return LBFGSMemory(dim, group["memory"], dtype=like.dtype, device=like.device).state_dict()

@@ -19,9 +19,11 @@ Algorithm (one ``step(closure)``, :math:`t` counting committed steps):
 NaN guard: new factors and inverses are checked before they are committed;
 a non-finite one skips the step (nothing changes). The directions are
 checked through the inner products :math:`\langle V_l, \nabla W_l\rangle`
-that KL-clipping needs anyway (one device sync per step). Monte-Carlo
+that KL-clipping needs anyway (one device sync per step), and the weight
+update through :func:`~curvlab.curvature.descent.descend_`. Monte-Carlo
 targets are drawn from a private RNG state kept in ``curv_state`` (resume
-is bitwise).
+is bitwise). Frozen parameters (``requires_grad=False`` at construction,
+or without a gradient at a step) get no block and are never moved.
 
 BackPACK's hooks are installed on the model and the loss module only for
 the closure call of a factor step (:mod:`curvlab_plugins.kfac.hooks`); the
@@ -30,15 +32,19 @@ model: a step between factor/inverse updates costs an SGD step plus two
 small matrix products per layer.
 
 Schedule defaults :math:`T_f = 5`, :math:`T_i = 50` (those of common
-PyTorch K-FAC code). Measured trade-off (digits MLP 64-128-64-10, batch
-128, lr 0.1, 1 thread; training loss after 100 steps, SGD-momentum 0.049;
-step time vs SGD on the digits MLP / CNN from ``benchmarks/step_time.py``):
-:math:`(T_f, T_i) = (1, 10)`: 0.004, 5.9× / 4.0×; :math:`(5, 50)`: 0.012,
-2.4–2.5× / 1.6–1.9×; :math:`(10, 50)`: 0.008, 2.25× / 1.4×;
-:math:`(10, 100)`: 0.065 (the first inverse, from one batch, is used too
-long). A factor step (BackPACK's extra backward pass, its hooks and
-per-module Python work) costs about 10 SGD steps on this tiny MLP and about
-3.5 on the digits CNN, so :math:`T_f` sets the amortised cost.
+PyTorch K-FAC code; the measured trade-off of other schedules, and the
+command that regenerates it, is in ``docs/backends/kfac.rst``).
+
+Scopes: ``lr``, ``damping``, ``momentum`` and ``weight_decay`` are per
+param group; the schedule (``factor_every``, ``inverse_every``), the EMA,
+KL-clipping and the factor type (``fisher_type``, ``mc_samples``,
+``damping_heuristic``) are per optimizer.
+
+Shapes: a ``Linear(d_in, d_out)`` weight block keeps :math:`A` of shape
+``(d_in, d_in)`` (BackPACK's layout: the bias is a separate block) and
+:math:`G` of shape ``(d_out, d_out)``; a ``Conv2d`` weight block
+:math:`A \in \mathbb R^{C_{in} k_h k_w \times C_{in} k_h k_w}`,
+:math:`G \in \mathbb R^{C_{out} \times C_{out}}`.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -59,36 +66,62 @@ from backpack.extensions.secondorder.hbp.losses import (
 from torch import Tensor, nn
 
 from curvlab.closure import call_closure
+from curvlab.curvature.coverage import Coverage, layer_coverage
 from curvlab.curvature.kl_clip import inner_products, kl_clip_scale
 from curvlab.curvature.kronecker import KroneckerBlock
 from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
+from curvlab.curvature.layers import conv_problem
 from curvlab.curvature.momentum import momentum_step_
-from curvlab.hparams import HParam, Schema
-from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
+from curvlab.curvature.rng import derive_seed
+from curvlab.hparams import OPTIMIZER, HParam, Schema
+from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 from curvlab_plugins.kfac.backpack_bce import HBPSoftBCEWithLogitsLoss
 from curvlab_plugins.kfac.hooks import BackpackHooks
 from curvlab_plugins.kfac.seeded import SeededLossExtension
-from curvlab_plugins.kfac.support import check_loss, check_model
+from curvlab_plugins.kfac.support import LAYERS, check_loss, check_model
 
-__all__ = ["KFAC", "kfac_blocks"]
+__all__ = ["KFAC", "FactorEstimates", "kfac_blocks"]
 
 _HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
 
 
-def kfac_blocks(layers: dict[str, nn.Module]) -> list[KroneckerBlock]:
+def kfac_blocks(layers: dict[str, nn.Module], coverage: Coverage | None = None) -> list[KroneckerBlock]:
     """K-FAC's blocks in BackPACK's layout: ``name.weight`` (:math:`G ⊗ A`), ``name.bias`` (:math:`G`).
+
+    Args:
+        layers: ``{name: Linear/Conv2d}``.
+        coverage: Only parameters it marks trainable get a block (default:
+            those with ``requires_grad``).
 
     Example:
         >>> [(b.name, b.factors) for b in kfac_blocks({"0": nn.Linear(2, 3)})]
         [('0.weight', ('G', 'A')), ('0.bias', ('G',))]
     """
+    def trainable(p: Tensor | None) -> bool:
+        if coverage is not None:
+            return coverage.trainable(p)
+        return p is not None and p.requires_grad
+
     blocks = []
     for name, layer in layers.items():
-        if layer.weight.requires_grad:
+        if trainable(layer.weight):
             blocks.append(KroneckerBlock(f"{name}.weight", (layer.weight,), ("G", "A")))
-        if layer.bias is not None and layer.bias.requires_grad:
+        if trainable(layer.bias):
             blocks.append(KroneckerBlock(f"{name}.bias", (layer.bias,), ("G",)))
     return blocks
+
+
+@dataclass(frozen=True)
+class FactorEstimates:
+    """What a factor step's evaluation hands to the update.
+
+    Attributes:
+        estimates: ``{block: {"G": ..., "A": ...}}`` from BackPACK for this batch.
+        rng: The Monte-Carlo sampler's advanced private RNG state.
+    """
+
+    estimates: dict[str, dict[str, Tensor]]
+    rng: Any
 
 
 class KFAC(CurvatureOptimizer):
@@ -122,23 +155,24 @@ class KFAC(CurvatureOptimizer):
             HParam("damping", float, 0.03, "Tikhonov damping λ of the Kronecker blocks", low=0.0,
                    low_open=True, grid=(0.1, 0.03, 0.01)),
             HParam("damping_heuristic", str, "pi", "split of λ between A and G",
-                   choices=("pi", "equal")),
+                   choices=("pi", "equal"), scope=OPTIMIZER),
             HParam("fisher_type", str, "mc",
                    "'mc': BackPACK KFAC (sampled Fisher); 'exact': BackPACK KFLR (exact GGN)",
-                   choices=("mc", "exact")),
+                   choices=("mc", "exact"), scope=OPTIMIZER),
             HParam("mc_samples", int, 1, "Monte-Carlo samples per input (fisher_type='mc')",
-                   low=1),
+                   low=1, scope=OPTIMIZER),
             HParam("ema_decay", float, 0.95, "decay of the bias-corrected factor EMAs", low=0.0,
-                   high=1.0, high_open=True),
-            HParam("factor_every", int, 5, "update the factors every T_f steps", low=1),
+                   high=1.0, high_open=True, scope=OPTIMIZER),
+            HParam("factor_every", int, 5, "update the factors every T_f steps", low=1,
+                   scope=OPTIMIZER),
             HParam("inverse_every", int, 50, "recompute the damped inverses every T_i steps",
-                   low=1),
+                   low=1, scope=OPTIMIZER),
             HParam("momentum", float, 0.9, "heavy-ball coefficient μ", low=0.0, high=1.0,
                    high_open=True),
             HParam("weight_decay", float, 1e-5, "L2 coefficient added after preconditioning",
                    low=0.0),
             HParam("kl_clip", float, 1e-3, "KL-clipping bound κ (None: off)", low=0.0,
-                   low_open=True, optional=True),
+                   low_open=True, optional=True, scope=OPTIMIZER),
         ]
     )
     meta = OptimizerMeta(
@@ -160,22 +194,15 @@ class KFAC(CurvatureOptimizer):
     def _setup(self) -> None:
         model = self.require_model()
         check_loss(self.loss_fn, self.name)
-        layers = check_model(model, self.name)
-        covered = {id(p) for lay in layers.values() for p in lay.parameters() if p.requires_grad}
-        for group in self.param_groups:
-            for p in group["params"]:
-                if id(p) not in covered:
-                    raise ValueError(
-                        f"{self.name}: a parameter of shape {tuple(p.shape)} is not in a "
-                        "Linear/Conv2d layer of the model; K-FAC preconditions only those"
-                    )
+        check_model(model, self.name)
+        self.coverage = layer_coverage(model, self.param_groups, LAYERS, who=self.name,
+                                       check=conv_problem)
         self.hooks = BackpackHooks(model, self.loss_fn)
-        d = self.defaults
-        self.blocks = kfac_blocks(layers)
-        self._group_of = {id(p): g for g in self.param_groups for p in g["params"]}
-        self.preconditioner = KroneckerPreconditioner(self.blocks, heuristic=d["damping_heuristic"])
-        if d["fisher_type"] == "mc":
-            self.extension = BackpackKFAC(mc_samples=d["mc_samples"])
+        hp = self.optimizer_hparams
+        self.blocks = kfac_blocks(self.coverage.layers, self.coverage)
+        self.preconditioner = KroneckerPreconditioner(self.blocks, heuristic=hp["damping_heuristic"])
+        if hp["fisher_type"] == "mc":
+            self.extension = BackpackKFAC(mc_samples=hp["mc_samples"])
         else:
             self.extension = KFLR()
         inner = {
@@ -183,21 +210,15 @@ class KFAC(CurvatureOptimizer):
             nn.CrossEntropyLoss: HBPCrossEntropyLoss(),
             nn.BCEWithLogitsLoss: HBPSoftBCEWithLogitsLoss(),
         }[type(self.loss_fn)]
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        seed = derive_seed()
         self.sampler = SeededLossExtension(inner, seed)
         self.extension.set_module_extension(type(self.loss_fn), self.sampler, overwrite=True)
         self.curv_state.update({"step": 0, "seed": seed, "rng": None, "blocks": {}})
-        self._pending: dict[str, Any] | None = None
-
-    def _after_load(self) -> None:
-        self.sampler.seed = self.curv_state["seed"]
-        self._pending = None
 
     # --------------------------------------------------------------- closure
-    def _evaluate(self, closure: Callable[..., Tensor]) -> Tensor:
-        self._pending = None
-        if self.curv_state["step"] % self.defaults["factor_every"] != 0:
-            return call_closure(closure, who=self.name)
+    def _evaluate(self, closure: Callable[..., Tensor]) -> Evaluation[FactorEstimates]:
+        if self.curv_state["step"] % self.optimizer_hparams["factor_every"] != 0:
+            return Evaluation(call_closure(closure, who=self.name))
         self.sampler.state = self.curv_state["rng"]
         self.sampler.seed = self.curv_state["seed"]
         savefield = self.extension.savefield
@@ -222,58 +243,55 @@ class KFAC(CurvatureOptimizer):
             estimates[block.name] = {
                 k: f for k, f in zip(("G", "A"), factors) if k in block.factors
             }
-        self._pending = {"estimates": estimates, "rng": self.sampler.state}
-        return loss
+        return Evaluation(loss, FactorEstimates(estimates, self.sampler.state))
 
     # ----------------------------------------------------------------- update
-    def _damping(self) -> dict[str, float]:
-        return {b.name: self._group_of[id(b.params[0])]["damping"] for b in self.blocks}
-
     @torch.no_grad()
-    def _update(self, closure, loss) -> None:
-        pending, self._pending = self._pending, None
+    def _update(self, closure, evaluation: Evaluation[FactorEstimates]) -> Step | Skip:
+        self.coverage.check_gradients(self.name)
+        hp = self.optimizer_hparams
+        factors = evaluation.data
         blocks = self.curv_state["blocks"]
         step = self.curv_state["step"]
-        if pending is not None and pending["estimates"]:
-            new = self.preconditioner.accumulate(
-                blocks, pending["estimates"], self.defaults["ema_decay"]
-            )
+        if factors is not None and factors.estimates:
+            new = self.preconditioner.accumulate(blocks, factors.estimates, hp["ema_decay"])
             if new is None:
-                self.skip_step("non-finite Kronecker factors")
-                return
+                return Skip("non-finite Kronecker factors")
             blocks = {**blocks, **new}
-        if not blocks:
-            self.skip_step("no Kronecker factors yet (the first step must compute them)")
-            return
-        if step % self.defaults["inverse_every"] == 0 or any(
-            b.factors[0] + "_inv" not in blocks.get(b.name, ()) for b in self.blocks
+        active = [b for b in self.blocks if b.params[0].grad is not None]
+        missing = [b.name for b in active if b.name not in blocks]
+        if missing:
+            return Skip(f"no Kronecker factors yet for {', '.join(missing)} (the first step "
+                        "must compute them)")
+        if step % hp["inverse_every"] == 0 or any(
+            b.factors[0] + "_inv" not in blocks[b.name] for b in active
         ):
-            inv = self.preconditioner.invert(blocks, self._damping())
+            damping = {b.name: self.coverage.group(b.params[0])["damping"] for b in self.blocks}
+            inv = self.preconditioner.invert(blocks, damping)
             if inv is None:
-                self.skip_step("damped inverse failed or is not finite")
-                return
+                return Skip("damped inverse failed or is not finite")
             blocks = {**blocks, **inv}
-        directions = [self.preconditioner.directions(blocks, b)[0] for b in self.blocks]
-        lrs = [self._group_of[id(b.params[0])]["lr"] for b in self.blocks]
-        dots = inner_products(directions, [b.params[0].grad for b in self.blocks])
+        directions = [self.preconditioner.directions(blocks, b)[0] for b in active]
+        lrs = [self.coverage.group(b.params[0])["lr"] for b in active]
+        dots = inner_products(directions, [b.params[0].grad for b in active])
         vg = sum(lr * lr * x for lr, x in zip(lrs, dots))
         if not math.isfinite(vg) or not all(map(math.isfinite, dots)):
-            self.skip_step("non-finite preconditioned gradient")
-            return
-        self._clip(directions, vg)
+            return Skip("non-finite preconditioned gradient")
+        values = self._clip(directions, vg)
+        if not momentum_step_(self, {b.params[0]: v for b, v in zip(active, directions)}):
+            return Skip("non-finite update (overflow of lr · direction)")
         self.curv_state["blocks"] = blocks
         self.curv_state["step"] = step + 1
-        if pending is not None:
-            self.curv_state["rng"] = pending["rng"]
-        momentum_step_(self, {b.params[0]: v for b, v in zip(self.blocks, directions)})
-        self.count("kfac_steps")
+        if factors is not None:
+            self.curv_state["rng"] = factors.rng
+        return Step(counts={"kfac_steps": 1}, values=values)
 
-    def _clip(self, directions: list[Tensor], vg: float) -> None:
-        """Scale ``directions`` in place by KL-clipping's ν (``vg`` = Σ α²⟨v, g⟩)."""
-        kappa = self.defaults["kl_clip"]
+    def _clip(self, directions: list[Tensor], vg: float) -> dict[str, float]:
+        """Scale ``directions`` in place by KL-clipping's ν (``vg`` = Σ α²⟨v, g⟩); ``{"kl_clip_nu": ν}``."""
+        kappa = self.optimizer_hparams["kl_clip"]
         if kappa is None:
-            return
+            return {}
         nu = kl_clip_scale(vg, kappa)
-        self.stats["kl_clip_nu"] = nu
         if nu < 1.0:
             torch._foreach_mul_(directions, nu)
+        return {"kl_clip_nu": nu}

@@ -19,6 +19,9 @@ import torch
 from backpack.extensions.module_extension import ModuleExtension
 from torch import Tensor
 
+from curvlab.curvature.finite import all_finite
+from curvlab.curvature.rng import device_keys, lend_rng
+
 __all__ = ["SeededLossExtension"]
 
 
@@ -30,8 +33,9 @@ class SeededLossExtension(ModuleExtension):
         seed: Seed used when :attr:`state` is ``None`` (first use).
 
     Attributes:
-        state: RNG state to start from (``None``: seed with ``seed``); after a
-            backward pass, the advanced state.
+        state: RNG state (of the generator of the device the loss inputs live
+            on) to start from (``None``: seed with ``seed``); after a backward
+            pass, the advanced state.
 
     Example:
         >>> from backpack.extensions.secondorder.hbp.losses import HBPMSELoss
@@ -53,22 +57,12 @@ class SeededLossExtension(ModuleExtension):
     def backpropagate(self, ext, module, g_inp, g_out, bpQuantities):
         """Run the wrapped extension's ``backpropagate`` with the private RNG state."""
         x = module.input0
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite([x]):
             rows = ext.get_num_mc_samples() if hasattr(ext, "get_num_mc_samples") else x.shape[1]
             return torch.full((rows, *x.shape), math.nan, dtype=x.dtype, device=x.device)
-        cuda = x.device.type == "cuda"
-        index = (x.device.index if x.device.index is not None else torch.cuda.current_device()) if cuda else None
-        with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):
-            if cuda:
-                if self.state is None:
-                    with torch.cuda.device(index):
-                        torch.cuda.manual_seed(self.seed)
-                else:
-                    torch.cuda.set_rng_state(self.state, index)
-            elif self.state is None:
-                torch.default_generator.manual_seed(self.seed)
-            else:
-                torch.set_rng_state(self.state)
+        key = device_keys([x])[-1]  # "cpu", or the CUDA device of the inputs
+        with lend_rng(None if self.state is None else {key: self.state}, seed=self.seed,
+                      keys=[key]) as drawn:
             out = self.inner.backpropagate(ext, module, g_inp, g_out, bpQuantities)
-            self.state = torch.cuda.get_rng_state(index) if cuda else torch.get_rng_state()
+        self.state = drawn["state"][key]
         return out

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from curvlab.curvature.layers import describe_supported, find_layers
+from curvlab.curvature.layers import conv_problem, describe_supported, find_layers
 
 __all__ = ["LAYERS", "LOSSES", "PASS_THROUGH", "check_loss", "check_model"]
 
@@ -33,18 +33,6 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
     nn.Dropout, nn.Identity,
 )
 LOSSES: tuple[type[nn.Module], ...] = (nn.MSELoss, nn.CrossEntropyLoss, nn.BCEWithLogitsLoss)
-
-
-def _conv_problem(name: str, module: nn.Module) -> str | None:
-    if isinstance(module, nn.Conv2d) and (
-        module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str)
-    ):
-        return (
-            "Conv2d must have groups=1, numeric padding and padding_mode='zeros' "
-            f"(got groups={module.groups}, padding={module.padding!r}, "
-            f"padding_mode={module.padding_mode!r})"
-        )
-    return None
 
 
 def check_model(model: nn.Module, who: str = "kfac") -> dict[str, nn.Module]:
@@ -70,7 +58,7 @@ def check_model(model: nn.Module, who: str = "kfac") -> dict[str, nn.Module]:
         ...
         ValueError: kfac: in-place ReLU at model.1 breaks BackPACK's hooks; use ReLU(inplace=False)
     """
-    layers = find_layers(model, LAYERS, who=who, check=_conv_problem)
+    layers = find_layers(model, LAYERS, who=who, check=conv_problem)
     for name, module in model.named_modules():
         path = f"model.{name}" if name else "model"
         if next(module.children(), None) is not None:

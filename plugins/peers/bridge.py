@@ -12,16 +12,30 @@ parameters. Per step :math:`t`:
 3. parameters and inner state :math:`(\theta_t, s_t)` are snapshotted and
    ``inner.step()`` computes :math:`(\theta_{t+1}, s_{t+1})` from the
    gradients already in ``.grad``;
-4. if any entry of :math:`\theta_{t+1}` or :math:`s_{t+1}` is NaN/Inf the
+4. if any entry of :math:`\theta_{t+1}` or :math:`s_{t+1}` is NaN/Inf (or the
+   library fails with a linear-algebra error or an overflowing scalar) the
    snapshot is put back and the step is counted as skipped.
 
 The inner optimizer's complete state (per-parameter tensors, group
-counters such as ``step``, and a private NumPy stream for libraries that
-draw from ``np.random``) is exported to ``curv_state["inner"]`` by
-:meth:`PeerOptimizer.state_dict` and restored verbatim, so a resumed run is
-bitwise identical. Random draws made by the library from torch's global
-generator (Hutchinson probes, PSGD's probe vectors) follow
-``torch.manual_seed``.
+counters such as ``step``, and private random streams) is exported to
+``curv_state["inner"]`` by :meth:`PeerOptimizer.state_dict` and restored
+verbatim, so a resumed run is bitwise identical without restoring any
+global generator: random draws the library makes from torch's global
+generators (Hutchinson probes, PSGD's probe vectors) come from a private
+torch stream (:func:`curvlab.curvature.rng.lend_rng`, seeded at
+construction from the global generator), those from ``np.random`` from a
+private NumPy stream (:mod:`curvlab_plugins.peers.numpy_rng`).
+
+Scopes: a hyper-parameter the library keeps on the optimizer object (not
+per group) is declared ``scope=OPTIMIZER`` and passed to the inner
+constructor; the base class refuses per-group overrides of it. All others
+are copied into the inner groups at every step.
+
+``fixed_decay`` (decoupled weight decay "not scaled by lr" in the library)
+follows the LR schedule here: the decay is :math:`w \cdot \alpha/\alpha_0`
+(:math:`\alpha_0`: the group's lr at construction), the library's value at
+the constructed lr, and no decay at ``lr = 0`` (a zero lr never moves a
+weight, for every curvlab optimizer).
 
 ``pytorch_optimizer`` is imported only when an optimizer is built, so this
 module imports without it.
@@ -38,7 +52,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from curvlab.optimizer import CurvatureOptimizer
+from curvlab.curvature.finite import all_finite
+from curvlab.curvature.rng import derive_seed, device_keys, lend_rng
+from curvlab.hparams import GROUP
+from curvlab.optimizer import CurvatureOptimizer, Evaluation, Skip, Step
 from curvlab_plugins.peers.numpy_rng import lend_numpy_rng, seeded_state
 
 __all__ = ["LIBRARY", "PeerOptimizer", "load_inner_class"]
@@ -94,21 +111,6 @@ def _tensors(obj: Any) -> list[Tensor]:
     return []
 
 
-def _all_finite(tensors: list[Tensor]) -> bool:
-    """No NaN/Inf in any floating tensor: ``aminmax`` per tensor, one device sync.
-
-    NaN propagates to both extremes and ±Inf shows in one of them; unlike
-    ``isfinite(t).all()`` (a bool tensor per input) or a float64 sum (slow on
-    denormals, which SOAP's factors contain) it is one cheap pass.
-    """
-    ends = [
-        torch.stack(torch.aminmax(t)).double()
-        for t in tensors
-        if t.is_floating_point() and t.numel() > 0
-    ]
-    return bool(torch.isfinite(torch.cat(ends)).all()) if ends else True
-
-
 def _clone(obj: Any) -> Any:
     """Copy of nested dicts/lists/tuples with every tensor cloned (other leaves shared)."""
     if isinstance(obj, Tensor):
@@ -132,8 +134,7 @@ class PeerOptimizer(CurvatureOptimizer):
 
     Raises:
         ImportError: at construction, when ``pytorch_optimizer`` is missing.
-        ValueError: a per-optimizer hyper-parameter (:attr:`per_optimizer`)
-            differs between param groups.
+        ValueError: a param group overrides a per-optimizer hyper-parameter.
 
     Example:
         >>> import importlib.util, torch, curvlab
@@ -150,31 +151,36 @@ class PeerOptimizer(CurvatureOptimizer):
 
     #: Class name in ``pytorch_optimizer``.
     inner_class: ClassVar[str] = ""
-    #: Hyper-parameters the library stores on the optimizer, not per group.
-    per_optimizer: ClassVar[tuple[str, ...]] = ()
     #: Keyword arguments always passed to the inner constructor.
     fixed: ClassVar[Mapping[str, Any]] = {}
     #: The library draws from NumPy's global RNG (lend it a private stream).
     uses_numpy_rng: ClassVar[bool] = False
+    #: The library draws from torch's global generators (lend them a private stream).
+    uses_torch_rng: ClassVar[bool] = False
 
     # ------------------------------------------------------------ structure
     def _inner_groups(self, index: int, group: dict[str, Any]) -> list[tuple[str, list[Tensor]]]:
         """Split outer group ``index`` into inner groups ``(kind, params)``; default: one."""
         return [("main", list(group["params"]))]
 
+    def _lr_scale(self, group: Mapping[str, Any], index: int) -> float:
+        r""":math:`\alpha/\alpha_0` of outer group ``index`` (:math:`\alpha_0 = 0`: 1 while :math:`\alpha > 0`)."""
+        lr, base = group["lr"], self.curv_state["base_lr"][index]
+        return lr / base if base > 0 else float(lr > 0)
+
     def _translate(self, group: Mapping[str, Any], kind: str, index: int) -> dict[str, Any]:
-        """Inner group hyper-parameters of ``kind`` from the outer ``group``; default: same names."""
-        return {k: group[k] for k in self.schema.names if k not in self.per_optimizer}
+        """Inner group hyper-parameters of ``kind`` from the outer ``group``; default: same names.
+
+        ``fixed_decay`` with decoupled decay: the decay follows the LR
+        schedule (module docstring).
+        """
+        out = {k: group[k] for k in self.schema.scoped(GROUP)}
+        if out.get("fixed_decay") and out.get("weight_decouple", True) and out.get("weight_decay"):
+            out["weight_decay"] = out["weight_decay"] * self._lr_scale(group, index)
+        return out
 
     def _setup(self) -> None:
         cls = load_inner_class(self.inner_class, self.name)
-        for key in self.per_optimizer:
-            values = {repr(g[key]) for g in self.param_groups}
-            if len(values) > 1:
-                raise ValueError(
-                    f"{self.name}: {key} is per optimizer in {LIBRARY}.{self.inner_class}, "
-                    f"it cannot differ between param groups; got {sorted(values)}"
-                )
         self.curv_state["base_lr"] = [g["lr"] for g in self.param_groups]
         self._links: list[tuple[int, str]] = []
         inner_groups = []
@@ -183,10 +189,12 @@ class PeerOptimizer(CurvatureOptimizer):
                 if params:
                     self._links.append((index, kind))
                     inner_groups.append({"params": params, **self._translate(group, kind, index)})
-        ctor = {k: self.defaults[k] for k in self.per_optimizer}
-        self.inner: torch.optim.Optimizer = cls(inner_groups, **ctor, **self.fixed)
+        self.inner: torch.optim.Optimizer = cls(inner_groups, **self.optimizer_hparams, **self.fixed)
         if self.uses_numpy_rng:
             self.curv_state["numpy_rng"] = seeded_state(torch.initial_seed())
+        if self.uses_torch_rng:
+            self.curv_state["torch_seed"] = derive_seed()
+            self.curv_state["torch_rng"] = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group to the outer optimizer and its inner groups to the inner one."""
@@ -209,7 +217,7 @@ class PeerOptimizer(CurvatureOptimizer):
     def _inner_params(self) -> list[Tensor]:
         return [p for g in self.inner.param_groups for p in g["params"]]
 
-    def _update(self, closure, loss) -> None:
+    def _update(self, closure, evaluation: Evaluation) -> Step | Skip:
         needs_graph = "create_graph" in self.meta.closure_options
         if needs_graph and any(
             p.grad is not None and p.grad.grad_fn is None for p in self._inner_params()
@@ -224,25 +232,34 @@ class PeerOptimizer(CurvatureOptimizer):
         saved_state = {p: _clone(s) for p, s in self.inner.state.items()}
         saved_groups = [_clone({k: v for k, v in g.items() if k != "params"})
                         for g in self.inner.param_groups]
-        rng = (lend_numpy_rng(self.curv_state["numpy_rng"]) if self.uses_numpy_rng
-               else nullcontext({}))
+        numpy_rng = (lend_numpy_rng(self.curv_state["numpy_rng"]) if self.uses_numpy_rng
+                     else nullcontext({}))
+        torch_rng = (lend_rng(self.curv_state["torch_rng"], seed=self.curv_state["torch_seed"],
+                              keys=device_keys(params))
+                     if self.uses_torch_rng else nullcontext({}))
         error = None
-        with rng as drawn:
+        with numpy_rng as np_drawn, torch_rng as torch_drawn:
             try:
                 self.inner.step()
             except torch.linalg.LinAlgError as err:  # e.g. Shampoo's SVD on an ill-conditioned factor
                 error = f"{LIBRARY}.{self.inner_class} failed: {err}"
-        if error is None and _all_finite([*params, *_tensors(dict(self.inner.state))]):
-            if "state" in drawn:
-                self.curv_state["numpy_rng"] = drawn["state"]
-            return
+            except RuntimeError as err:  # a scalar the kernel cannot hold (e.g. a huge lr)
+                if "without overflow" not in str(err):
+                    raise
+                error = f"{LIBRARY}.{self.inner_class} overflowed: {err}"
+        if error is None and all_finite([*params, *_tensors(dict(self.inner.state))]):
+            if "state" in np_drawn:
+                self.curv_state["numpy_rng"] = np_drawn["state"]
+            if "state" in torch_drawn:
+                self.curv_state["torch_rng"] = torch_drawn["state"]
+            return Step()
         with torch.no_grad():
             for p, old in zip(params, saved_params):
                 p.copy_(old)
         self.inner.state = defaultdict(dict, saved_state)
         for g, old in zip(self.inner.param_groups, saved_groups):
             g.update(old)
-        self.skip_step(error or f"{LIBRARY}.{self.inner_class} produced a non-finite update")
+        return Skip(error or f"{LIBRARY}.{self.inner_class} produced a non-finite update")
 
     # ---------------------------------------------------------- persistence
     def _export_inner(self) -> dict[str, Any]:

@@ -14,11 +14,13 @@ vector form, step size :math:`\alpha`, Hutchinson probe :math:`z`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor
 
-from curvlab.hparams import HParam, Schema
+from curvlab.curvature.coverage import parameter_names
+from curvlab.hparams import OPTIMIZER, HParam, Schema
 from curvlab.optimizer import OptimizerMeta
 from curvlab_plugins.peers.bridge import PeerOptimizer
 from curvlab_plugins.peers.muon_split import SCOPES, muon_mask
@@ -38,11 +40,29 @@ def _nonneg(name: str, default: float, doc: str) -> HParam:
     return HParam(name, float, default, doc, low=0.0)
 
 
-def _count(name: str, default: int, doc: str) -> HParam:
-    return HParam(name, int, default, doc, low=1)
+def _count(name: str, default: int, doc: str, scope: str = "group") -> HParam:
+    return HParam(name, int, default, doc, low=1, scope=scope)
 
 
-_HUTCHINSON = ("update_period", "num_samples", "hessian_distribution")
+def _weight_decay(*, decouple: bool) -> list[HParam]:
+    """``weight_decay``, ``weight_decouple`` and ``fixed_decay`` as the library declares them."""
+    return [
+        _nonneg("weight_decay", 0.0, "weight decay"),
+        HParam("weight_decouple", bool, decouple, "decoupled (AdamW-style) weight decay"),
+        HParam("fixed_decay", bool, False,
+               "decoupled decay not scaled by lr (here: by lr/lr₀, so lr = 0 stops it)"),
+    ]
+
+
+def _hutchinson(period: int, distribution: str) -> list[HParam]:
+    """The Hutchinson estimator's knobs, which the library keeps per optimizer."""
+    choices = (distribution, *(d for d in ("gaussian", "rademacher") if d != distribution))
+    return [
+        _count("update_period", period, "steps between Hessian-diagonal estimates", OPTIMIZER),
+        _count("num_samples", 1, "Hutchinson probes per estimate", OPTIMIZER),
+        HParam("hessian_distribution", str, distribution, "probe distribution", choices=choices,
+               scope=OPTIMIZER),
+    ]
 
 
 class SOAP(PeerOptimizer):
@@ -87,6 +107,34 @@ class SOAP(PeerOptimizer):
         tags=("peer", "kronecker", "pytorch-optimizer"),
     )
 
+    def _validate_group(self, group: Mapping[str, Any]) -> None:
+        if group["merge_dims"]:
+            self._check_merge_dims(group)
+
+    def _check_merge_dims(self, group: Mapping[str, Any]) -> None:
+        """Refuse ``merge_dims=True`` where the library's dimension merge breaks.
+
+        ``pytorch_optimizer``'s ``merge_small_dims`` returns the shape ``[1]``
+        (instead of ``[numel]``) when all dimensions of a tensor merge into one,
+        i.e. for every tensor (biases included) with at most
+        ``max_precondition_dim`` entries; SOAP then fails to reshape it. The
+        library is probed, so a fixed version is used as is.
+        """
+        from pytorch_optimizer.optimizer.utils.shape import merge_small_dims
+
+        limit = group["max_precondition_dim"]
+        if merge_small_dims([2, 3], 10) == [6]:  # the library merges correctly
+            return
+        names = parameter_names(self.model, group["params"])
+        bad = [names[id(p)] for p in group["params"] if p.numel() <= limit]
+        if bad:
+            raise ValueError(
+                f"soap: merge_dims=True fails in pytorch-optimizer for tensors with at most "
+                f"max_precondition_dim={limit} entries (their merged shape comes out as [1]); "
+                f"affected: {', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}. Use "
+                "merge_dims=False, or a max_precondition_dim below their sizes"
+            )
+
 
 class Shampoo(PeerOptimizer):
     r"""Shampoo (Gupta, Koren & Singer 2018): Kronecker-factored AdaGrad.
@@ -104,16 +152,14 @@ class Shampoo(PeerOptimizer):
 
     name = "shampoo"
     inner_class = "Shampoo"
-    per_optimizer = ("preconditioning_compute_steps",)
     schema = Schema(
         [
             _lr(1e-3, (3e-3, 1e-3, 3e-4)),
             HParam("momentum", float, 0.0, "momentum on the gradient", low=0.0, high=1.0,
                    high_open=True),
-            _nonneg("weight_decay", 0.0, "weight decay"),
-            HParam("weight_decouple", bool, False, "decoupled (AdamW-style) weight decay"),
-            HParam("fixed_decay", bool, False, "decoupled decay not scaled by lr"),
-            _count("preconditioning_compute_steps", 1, "steps between inverse-root refreshes"),
+            *_weight_decay(decouple=False),
+            _count("preconditioning_compute_steps", 1, "steps between inverse-root refreshes",
+                   OPTIMIZER),
             _nonneg("matrix_eps", 1e-6, "initial ε·I of the factors"),
         ]
     )
@@ -135,9 +181,9 @@ class Kron(PeerOptimizer):
     :math:`v \sim \mathcal N(0, I)` and :math:`h` the debiased momentum
     (the update is taken with probability ``pre_conditioner_update_probability``);
     :math:`\theta \leftarrow \theta - \alpha\,\mathrm{clip}_{\mathrm{RMS}\le 1.1}(P \hat m)`.
-    The probes come from torch's global RNG; the factor-balancing coin
-    (probability ``balance_prob``) from a private NumPy stream saved in
-    ``curv_state`` and seeded from ``torch.initial_seed()``.
+    The probes come from a private torch stream, the factor-balancing coin
+    (probability ``balance_prob``) from a private NumPy stream seeded from
+    ``torch.initial_seed()``; both are saved in ``curv_state``.
 
     Example:
         >>> Kron.uses_numpy_rng, Kron.schema["momentum"].default
@@ -146,8 +192,8 @@ class Kron(PeerOptimizer):
 
     name = "kron"
     inner_class = "Kron"
-    per_optimizer = ("balance_prob",)
     uses_numpy_rng = True
+    uses_torch_rng = True
     schema = Schema(
         [
             _lr(1e-3, (3e-3, 1e-3, 3e-4)),
@@ -157,7 +203,7 @@ class Kron(PeerOptimizer):
             HParam("weight_decouple", bool, True, "decoupled weight decay"),
             HParam("pre_conditioner_update_probability", float, None,
                    "probability of a preconditioner update (None: library's decaying schedule)",
-                   low=0.0, high=1.0, low_open=True, optional=True),
+                   low=0.0, high=1.0, low_open=True, optional=True, scope=OPTIMIZER),
             _count("max_size_triangular", 8192, "larger dimensions get a diagonal factor"),
             _count("min_ndim_triangular", 2, "tensors of lower order get diagonal factors"),
             HParam("memory_save_mode", str, None, "which dimensions get diagonal factors",
@@ -165,7 +211,7 @@ class Kron(PeerOptimizer):
             HParam("momentum_into_precondition_update", bool, True,
                    "fit P on the momentum (else on the raw gradient)"),
             HParam("balance_prob", float, 0.01, "probability of rebalancing the factors' norms",
-                   low=0.0, high=1.0),
+                   low=0.0, high=1.0, scope=OPTIMIZER),
         ]
     )
     meta = OptimizerMeta(
@@ -180,7 +226,7 @@ class Kron(PeerOptimizer):
 class AdaHessian(PeerOptimizer):
     r"""AdaHessian (Yao et al. 2021): Adam with a Hutchinson Hessian diagonal.
 
-    :math:`D = z \odot (Hz)` (Rademacher :math:`z`, from torch's global RNG,
+    :math:`D = z \odot (Hz)` (Rademacher :math:`z`, from a private torch stream,
     averaged over ``num_samples``; refreshed every ``update_period`` steps),
     :math:`m \leftarrow \beta_1 m + (1-\beta_1) g`,
     :math:`v \leftarrow \beta_2 v + (1-\beta_2) D^2`,
@@ -195,20 +241,15 @@ class AdaHessian(PeerOptimizer):
 
     name = "adahessian"
     inner_class = "AdaHessian"
-    per_optimizer = _HUTCHINSON
+    uses_torch_rng = True
     schema = Schema(
         [
             _lr(0.1, (0.3, 0.1, 0.03)),
             _betas((0.9, 0.999), "EMA coefficients (β₁, β₂) of g and D²"),
-            _nonneg("weight_decay", 0.0, "weight decay"),
-            HParam("weight_decouple", bool, True, "decoupled weight decay"),
-            HParam("fixed_decay", bool, False, "decoupled decay not scaled by lr"),
+            *_weight_decay(decouple=True),
             HParam("hessian_power", float, 1.0, "exponent k of the denominator", low=0.0,
                    high=1.0, low_open=True),
-            _count("update_period", 1, "steps between Hessian-diagonal estimates"),
-            _count("num_samples", 1, "Hutchinson probes per estimate"),
-            HParam("hessian_distribution", str, "rademacher", "probe distribution",
-                   choices=("rademacher", "gaussian")),
+            *_hutchinson(1, "rademacher"),
             _nonneg("eps", 1e-16, "denominator guard ε"),
         ]
     )
@@ -228,7 +269,7 @@ class SophiaH(PeerOptimizer):
     r"""Sophia-H (Liu et al. 2024): clipped Newton step with a Hutchinson Hessian diagonal.
 
     Every ``update_period`` steps :math:`h \leftarrow \beta_2 h + (1-\beta_2)\, z \odot (Hz)`
-    (Gaussian :math:`z` from torch's global RNG);
+    (Gaussian :math:`z` from a private torch stream);
     :math:`m \leftarrow \beta_1 m + (1-\beta_1) g`,
     :math:`\theta \leftarrow \theta - \alpha\,\mathrm{clip}(m / \max(h, \epsilon), [-p, p])`.
     Needs ``backward(create_graph=True)``, declared in ``meta.closure_options``.
@@ -240,19 +281,14 @@ class SophiaH(PeerOptimizer):
 
     name = "sophiah"
     inner_class = "SophiaH"
-    per_optimizer = _HUTCHINSON
+    uses_torch_rng = True
     schema = Schema(
         [
             _lr(0.06, (0.2, 0.06, 0.02)),
             _betas((0.96, 0.99), "EMA coefficients (β₁, β₂) of g and the Hessian diagonal"),
-            _nonneg("weight_decay", 0.0, "weight decay"),
-            HParam("weight_decouple", bool, True, "decoupled weight decay"),
-            HParam("fixed_decay", bool, False, "decoupled decay not scaled by lr"),
+            *_weight_decay(decouple=True),
             _nonneg("p", 0.01, "clipping threshold ρ of the per-coordinate step"),
-            _count("update_period", 10, "steps between Hessian-diagonal estimates"),
-            _count("num_samples", 1, "Hutchinson probes per estimate"),
-            HParam("hessian_distribution", str, "gaussian", "probe distribution",
-                   choices=("gaussian", "rademacher")),
+            *_hutchinson(10, "gaussian"),
             _nonneg("eps", 1e-12, "floor ε of the Hessian diagonal"),
         ]
     )
@@ -330,11 +366,9 @@ class Muon(PeerOptimizer):
     def _translate(self, group, kind: str, index: int) -> dict[str, Any]:
         if kind == "muon":
             return {"use_muon": True, **{k: group[k] for k in self._MUON_KEYS}}
-        lr, base = group["lr"], self.curv_state["base_lr"][index]
-        scale = lr / base if base > 0 else float(lr > 0)
         return {
             "use_muon": False,
-            "lr": group["adamw_lr"] * scale,
+            "lr": group["adamw_lr"] * self._lr_scale(group, index),
             "betas": group["adamw_betas"],
             "eps": group["adamw_eps"],
             "weight_decay": group["adamw_wd"],

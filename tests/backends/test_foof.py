@@ -4,6 +4,17 @@ import copy
 
 import pytest
 import torch
+from case_oracles import (
+    augmented,
+    gradients,
+    layer_inputs,
+    layers,
+    refused,
+    second_moment,
+    snapshot,
+    table,
+    trainable,
+)
 from torch import nn
 
 import curvlab
@@ -103,3 +114,40 @@ def test_stats_steps_schedule():
 def test_unsupported_layers_raise(model, match):
     with pytest.raises(ValueError, match=match):
         curvlab.create("foof", model, nn.MSELoss())
+
+
+# ------------------------------------------------------------------ case table
+@pytest.mark.parametrize("case", table())
+def test_case_table_step_matches_reference(case):
+    """Every row of curvlab.testing.cases: ΔW̃ = −α ∇W̃ (Σ + λI)⁻¹ with the reference gradient.
+
+    W̃ = [W | b] (bias column only where the bias is trainable), Σ the
+    brute-force input second moment, one step with lr 1, no momentum.
+    """
+    lam = 0.1
+    problem = case.instantiate()
+    ref = snapshot(problem)
+
+    def build():
+        return curvlab.create("foof", problem.model, problem.loss_fn, lr=1.0, damping=lam,
+                              momentum=0.0, weight_decay=0.0, inverse_every=1, stats_steps=None)
+
+    if refused(case, "foof", build):
+        return
+    opt = build()
+    opt.step(curvlab.closure(problem.model, problem.loss_fn, problem.inputs, problem.targets))
+    grads = gradients(ref)
+    inputs = layer_inputs(ref.model, ref.inputs)
+    new_layers = layers(problem.model)
+    for lname, m in layers(ref.model).items():
+        bias = m.bias if trainable(m.bias) else None
+        sigma = second_moment(m, inputs[lname], bias is not None)
+        grad = augmented(grads[f"{lname}.weight"], grads[f"{lname}.bias"] if bias is not None else None)
+        want = -torch.linalg.solve(sigma + lam * torch.eye(sigma.shape[0], dtype=sigma.dtype),
+                                   grad.T).T
+        new = new_layers[lname]
+        got = (augmented(new.weight, new.bias if bias is not None else None)
+               - augmented(m.weight, bias)).detach()
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)
+        if m.bias is not None and bias is None:
+            assert torch.equal(new.bias, m.bias), "a frozen bias moved"

@@ -319,7 +319,7 @@ def test_user_partition_from_callable_via_param_groups():
                                 partition="layer"), "needs the model"),
         (lambda: curvlab.create("groupednewton", _tanh_net(0), nn.MSELoss(),
                                 params=[{"params": list(_tanh_net(0).parameters()), "order": 2}]),
-         "order is global"),
+         "order is optimizer-wide"),
     ],
     ids=["layer-without-model", "per-group-global-knob"],
 )

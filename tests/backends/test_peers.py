@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import curvlab
+from curvlab.curvature.rng import derive_seed
 from curvlab.optimizer import NonFiniteStepWarning
 from curvlab.testing.conformance import assert_state_equal
 
@@ -73,6 +74,8 @@ def test_same_trajectory_as_pytorch_optimizer(name):
             opt = curvlab.create(name, model, loss_fn, **hp)
         else:
             np.random.seed(torch.initial_seed() % 2**32)  # the bridge's NumPy stream (Kron)
+            if curvlab.info(name).cls.uses_torch_rng:  # the bridge's private torch stream
+                torch.manual_seed(derive_seed())
             opt = _library(name, model, hp)
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=7, gamma=0.5)
         for x, y in batches:
@@ -228,7 +231,7 @@ def test_per_optimizer_hparam_cannot_differ_per_group():
     model = _mlp()
     groups = [{"params": model[0].parameters()},
               {"params": model[2].parameters(), "update_period": 3}]
-    with pytest.raises(ValueError, match="update_period is per optimizer"):
+    with pytest.raises(ValueError, match="update_period is optimizer-wide"):
         curvlab.create("sophiah", model, params=groups)
 
 
@@ -292,7 +295,15 @@ def test_muon_adamw_fallback_follows_the_schedule():
 
 
 # -------------------------------------------------------------- absence of the extra
-def test_missing_extra_makes_names_unavailable(monkeypatch):
+@pytest.fixture
+def refreshed():
+    """Entry points are cached: re-read them after faking the environment, and after undoing it."""
+    curvlab.refresh()
+    yield
+    curvlab.refresh()
+
+
+def test_missing_extra_makes_names_unavailable(monkeypatch, refreshed):
     real = md.distribution
 
     def fake(name):
@@ -301,6 +312,7 @@ def test_missing_extra_makes_names_unavailable(monkeypatch):
         return real(name)
 
     monkeypatch.setattr(md, "distribution", fake)
+    curvlab.refresh()
     names = curvlab.available()
     assert not set(NAMES) & set(names) and "sgd" in names
     assert all(curvlab.unavailable()[n] == ("pytorch-optimizer",) for n in NAMES)
@@ -343,3 +355,17 @@ def test_linalg_failure_in_inner_step_is_a_skipped_step(monkeypatch):
         assert torch.equal(a, b)
     assert opt.stats["skipped_steps"] == 1
     assert_state_equal(opt.state_dict()["curvlab"]["curv_state"], state["curvlab"]["curv_state"])
+
+
+def test_soap_merge_dims_is_refused_where_the_library_breaks_and_works_elsewhere():
+    """pytorch-optimizer merges all dims of a small tensor into the shape [1]: refused by name."""
+    model, loss_fn = _mlp(), nn.CrossEntropyLoss()
+    with pytest.raises(ValueError, match=r"merge_dims=True fails .* affected: model.0.weight"):
+        curvlab.create("soap", model, loss_fn, merge_dims=True)
+    # with every tensor larger than max_precondition_dim the merge keeps a dimension: it runs
+    opt = curvlab.create("soap", model, loss_fn, merge_dims=True, max_precondition_dim=2)
+    before = [p.detach().clone() for p in model.parameters()]
+    for x, y in _batches(3):
+        opt.step(curvlab.closure(model, loss_fn, x, y))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(torch.isfinite(p).all() for p in model.parameters())

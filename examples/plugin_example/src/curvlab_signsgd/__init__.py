@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from curvlab import CurvatureOptimizer, HParam, OptimizerMeta, Schema
+from curvlab import CurvatureOptimizer, Evaluation, HParam, OptimizerMeta, Schema, Step
 
 __all__ = ["SignSGD"]
 
@@ -58,7 +58,8 @@ class SignSGD(CurvatureOptimizer):
     )
 
     @torch.no_grad()
-    def _update(self, closure, loss) -> None:
+    def _update(self, closure, evaluation: Evaluation) -> Step:
+        """One Signum step for every parameter with a gradient (frozen ones are skipped)."""
         for group in self.param_groups:
             lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
@@ -72,3 +73,4 @@ class SignSGD(CurvatureOptimizer):
                 if wd != 0:
                     p.mul_(1 - lr * wd)
                 p.add_(m.sign(), alpha=-lr)
+        return Step()
