@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from curvlab.closure import call_closure
 from curvlab.curvature.coverage import parameter_names
+from curvlab.curvature.coverage_table import CoverageTable, generic_coverage
 from curvlab.curvature.finite import all_finite
 from curvlab.hparams import OPTIMIZER, Schema
 
@@ -331,6 +332,23 @@ class CurvatureOptimizer(torch.optim.Optimizer):
 
     def _after_load(self) -> None:
         """Subclass hook after :meth:`load_state_dict` (rebuild derived caches)."""
+
+    def coverage(self) -> CoverageTable:
+        """Which update each parameter gets: a printable table (:mod:`curvlab.curvature.coverage_table`).
+
+        Layer-wise curvature backends return their block kinds and fallback
+        rows (:class:`~curvlab.curvature.fallback.Fallback`); this default
+        marks every trainable parameter ``generic`` (the method has no
+        per-layer blocks) and the others ``frozen``.
+
+        Example:
+            >>> import torch, curvlab
+            >>> print(curvlab.create("sgd", torch.nn.Linear(2, 1), lr=0.1).coverage())
+            parameter  shape   kind
+            weight     (1, 2)  generic
+            bias       (1,)    generic
+        """
+        return generic_coverage(self.model, self.param_groups)
 
     # ---------------------------------------------------------------- helpers
     def require_model(self) -> nn.Module:

@@ -1,6 +1,7 @@
 """FOOF: closed form, equivalence with K-FAC at G = I, statistics schedule, errors."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 import curvlab
 from curvlab.curvature.kronecker import KroneckerBlock
 from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
+from curvlab.optimizer import Evaluation
 from curvlab_plugins.kfac import KFAC
 
 X = torch.tensor([[3.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
@@ -44,12 +46,19 @@ def test_closed_form_single_neuron(loss_fn, lr):
 
 
 class KFACWithIdentityG(KFAC):
-    """K-FAC whose output-side factor is forced to the identity (blocks with factor A only)."""
+    """K-FAC whose output-side factor is forced to the identity (blocks and estimates with A only)."""
 
     def _setup(self):
         super()._setup()
-        self.blocks = [KroneckerBlock(b.name, b.params, ("A",)) for b in self.blocks]
+        self.blocks = [KroneckerBlock(b.name, b.params, ("A",), view=b.view) for b in self.blocks]
         self.preconditioner = KroneckerPreconditioner(self.blocks)
+
+    def _evaluate(self, closure):
+        evaluation = super()._evaluate(closure)
+        if evaluation.data is None:
+            return evaluation
+        only_a = {k: {"A": v["A"]} for k, v in evaluation.data.estimates.items()}
+        return Evaluation(evaluation.loss, replace(evaluation.data, estimates=only_a))
 
 
 
