@@ -214,6 +214,9 @@ def _family(module: nn.Module, parent: nn.Module | None) -> tuple[str | None, st
         return "embedding", ""
     if isinstance(module, NORMS):
         return "norm", ""
+    if next(module.children(), None) is not None:
+        return None, (f"a parameter of the container {kind} itself (used in its own forward, not "
+                      "by a layer whose call can be hooked)")
     return None, f"{kind} has no curvature block (supported: Linear, Conv2d, Embedding, " \
                  "LayerNorm, RMSNorm, BatchNorm1d/2d)"
 

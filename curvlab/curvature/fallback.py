@@ -159,9 +159,8 @@ class Fallback:
         model = optimizer.model
         named = dict(model.named_parameters()) if model is not None else {}
         by_name = {r.name: r for r in rows}
-        table: list[CoverageRow] = []
-        routed: list[tuple[Tensor, CoverageRow]] = []
-        label = f"fallback-{self.kind}"
+        table: list[CoverageRow | None] = []
+        routed: list[tuple[Tensor, int, str, tuple[int, ...], str]] = []  # (p, row, name, shape, why)
         seen: set[int] = set()
         for name, p in named.items():
             seen.add(id(p))
@@ -171,9 +170,8 @@ class Fallback:
                 table.append(CoverageRow(name, tuple(p.shape), "frozen", reason=why))
             elif row is None or row.kind == "uncovered":
                 reason = row.reason if row is not None else "no curvature block"
-                entry = CoverageRow(name, tuple(p.shape), label, reason=reason)
-                table.append(entry)
-                routed.append((p, entry))
+                routed.append((p, len(table), name, tuple(p.shape), reason))
+                table.append(None)
             elif row.kind == "frozen":  # trainable here, yet frozen for the plan: refuse, never skip
                 raise ValueError(f"{who}: {name} is trainable but its block plan marks it frozen")
             else:
@@ -181,21 +179,22 @@ class Fallback:
         for i, p in enumerate(params):
             if id(p) in seen or not p.requires_grad:
                 continue
-            entry = CoverageRow(outside_name(i, p), tuple(p.shape), label,
-                                reason="given to the optimizer but not a parameter of the model")
-            table.append(entry)
-            routed.append((p, entry))
-        self.params = [p for p, _ in routed]
-        self.table = CoverageTable(table, note)
-        if not routed:
-            return
-        listing = "; ".join(f"{r.name} {r.shape}: {r.reason}" for _, r in routed)
-        if self.kind == "error":
+            routed.append((p, len(table), outside_name(i, p), tuple(p.shape),
+                           "given to the optimizer but not a parameter of the model"))
+            table.append(None)
+        listing = "; ".join(f"{name} {shape}: {why}" for _, _, name, shape, why in routed)
+        if routed and self.kind == "error":
             raise ValueError(
                 f"{who}: {len(routed)} parameter(s) have no curvature block and fallback='error': "
                 f"{listing}. Use fallback='adam' or 'sgd' to update them without curvature, "
                 "freeze them (requires_grad=False) or leave them out of params"
             )
+        for _, i, name, shape, why in routed:
+            table[i] = CoverageRow(name, shape, f"fallback-{self.kind}", reason=why)
+        self.params = [r[0] for r in routed]
+        self.table = CoverageTable([r for r in table if r is not None], note)
+        if not routed:
+            return
         entries = sum(p.numel() for p in self.params)
         total = sum(p.numel() for p in params if p.requires_grad)
         hp = ("lr: fallback_lr (None: the group's lr), betas: fallback_betas, eps: fallback_eps"
