@@ -119,7 +119,7 @@ def momentum_plan(
     params: Collection[Tensor] | None = None,
     lrs: Mapping[Tensor, float] | None = None,
 ) -> PlannedStep:
-    r"""torch SGD's rule for the parameters with a gradient, as a :class:`~curvlab.curvature.descent.PlannedStep`.
+    r"""PyTorch SGD's rule for the parameters with a gradient, as a :class:`~curvlab.curvature.descent.PlannedStep`.
 
     Reads ``lr``, ``momentum`` and ``weight_decay`` (and, where declared,
     ``dampening`` and ``nesterov``) from each param group. Nothing is
