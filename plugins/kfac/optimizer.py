@@ -63,7 +63,7 @@ from curvlab.curvature.kl_clip import inner_products, kl_clip_scale
 from curvlab.curvature.kronecker import KroneckerBlock
 from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
 from curvlab.curvature.momentum import momentum_step_
-from curvlab.hparams import HParam, Schema
+from curvlab.hparams import HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, OptimizerMeta
 from curvlab_plugins.kfac.backpack_bce import HBPSoftBCEWithLogitsLoss
 from curvlab_plugins.kfac.hooks import BackpackHooks
@@ -118,9 +118,9 @@ class KFAC(CurvatureOptimizer):
     name = "kfac"
     schema = Schema(
         [
-            HParam("lr", float, 0.01, "step size α", low=0.0, grid=(0.3, 0.1, 0.03, 0.01)),
+            HParam("lr", float, 0.01, "step size α", low=0.0, space=LogUniform(1e-3, 1.0)),
             HParam("damping", float, 0.03, "Tikhonov damping λ of the Kronecker blocks", low=0.0,
-                   low_open=True, grid=(0.1, 0.03, 0.01)),
+                   low_open=True, space=LogUniform(1e-3, 1.0)),
             HParam("damping_heuristic", str, "pi", "split of λ between A and G",
                    choices=("pi", "equal")),
             HParam("fisher_type", str, "mc",

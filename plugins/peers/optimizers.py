@@ -3,7 +3,7 @@ r"""The table of bridged ``pytorch_optimizer`` optimizers.
 Each class below is a row: curvlab name, the library class it wraps, its
 hyper-parameters (the library's keyword names, defaults copied from the
 signatures of ``pytorch_optimizer`` 4.1, ranges the library accepts, a tuning
-grid for ``lr``) and its description. All behaviour lives in
+search space for ``lr``) and its description. All behaviour lives in
 :class:`~curvlab_plugins.peers.bridge.PeerOptimizer`; only Muon adds code
 (the Muon/AdamW parameter split).
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
-from curvlab.hparams import HParam, Schema
+from curvlab.hparams import HParam, LogUniform, Schema
 from curvlab.optimizer import OptimizerMeta
 from curvlab_plugins.peers.bridge import PeerOptimizer
 from curvlab_plugins.peers.muon_split import SCOPES, muon_mask
@@ -26,8 +26,8 @@ from curvlab_plugins.peers.muon_split import SCOPES, muon_mask
 __all__ = ["SOAP", "AdaHessian", "Kron", "Muon", "Shampoo", "SophiaH"]
 
 
-def _lr(default: float, grid: tuple[float, ...]) -> HParam:
-    return HParam("lr", float, default, "step size α", low=0.0, grid=grid)
+def _lr(default: float, low: float, high: float) -> HParam:
+    return HParam("lr", float, default, "step size α", low=0.0, space=LogUniform(low, high))
 
 
 def _betas(default: tuple[float, float], doc: str, name: str = "betas") -> HParam:
@@ -65,7 +65,7 @@ class SOAP(PeerOptimizer):
     inner_class = "SOAP"
     schema = Schema(
         [
-            _lr(3e-3, (1e-2, 3e-3, 1e-3)),
+            _lr(3e-3, 1e-4, 1e-2),
             _betas((0.95, 0.95), "Adam EMA coefficients (β₁, β₂) in the eigenbasis"),
             HParam("shampoo_beta", float, None, "EMA coefficient β_s of L, R (None: β₂)",
                    low=0.0, high=1.0, high_open=True, optional=True),
@@ -107,7 +107,7 @@ class Shampoo(PeerOptimizer):
     per_optimizer = ("preconditioning_compute_steps",)
     schema = Schema(
         [
-            _lr(1e-3, (3e-3, 1e-3, 3e-4)),
+            _lr(1e-3, 1e-4, 1e-2),
             HParam("momentum", float, 0.0, "momentum on the gradient", low=0.0, high=1.0,
                    high_open=True),
             _nonneg("weight_decay", 0.0, "weight decay"),
@@ -150,7 +150,7 @@ class Kron(PeerOptimizer):
     uses_numpy_rng = True
     schema = Schema(
         [
-            _lr(1e-3, (3e-3, 1e-3, 3e-4)),
+            _lr(1e-3, 1e-4, 1e-2),
             HParam("momentum", float, 0.9, "momentum EMA coefficient", low=0.0, high=1.0,
                    high_open=True),
             _nonneg("weight_decay", 0.0, "weight decay (matrices only)"),
@@ -198,7 +198,7 @@ class AdaHessian(PeerOptimizer):
     per_optimizer = _HUTCHINSON
     schema = Schema(
         [
-            _lr(0.1, (0.3, 0.1, 0.03)),
+            _lr(0.1, 1e-2, 1.0),
             _betas((0.9, 0.999), "EMA coefficients (β₁, β₂) of g and D²"),
             _nonneg("weight_decay", 0.0, "weight decay"),
             HParam("weight_decouple", bool, True, "decoupled weight decay"),
@@ -243,7 +243,7 @@ class SophiaH(PeerOptimizer):
     per_optimizer = _HUTCHINSON
     schema = Schema(
         [
-            _lr(0.06, (0.2, 0.06, 0.02)),
+            _lr(0.06, 1e-2, 0.3),
             _betas((0.96, 0.99), "EMA coefficients (β₁, β₂) of g and the Hessian diagonal"),
             _nonneg("weight_decay", 0.0, "weight decay"),
             HParam("weight_decouple", bool, True, "decoupled weight decay"),
@@ -293,7 +293,7 @@ class Muon(PeerOptimizer):
     inner_class = "Muon"
     schema = Schema(
         [
-            _lr(0.02, (0.06, 0.02, 0.006)),
+            _lr(0.02, 2e-3, 0.2),
             HParam("momentum", float, 0.95, "momentum μ", low=0.0, high=1.0, high_open=True),
             HParam("nesterov", bool, True, "Nesterov momentum"),
             _nonneg("weight_decay", 0.0, "decoupled weight decay of the Muon matrices"),

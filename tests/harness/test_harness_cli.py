@@ -44,10 +44,11 @@ def test_ablate_in_process(tmp_path, capsys):
                  "--report", str(tmp_path / "rep")])
     out = capsys.readouterr().out
     assert code == 0
-    assert "sgd momentum=0.0" in out and "sgd momentum=0.9" in out
-    rows = list(csv.DictReader(open(tmp_path / "rep" / "runs.csv")))
-    lrs = {dict(kv.split("=") for kv in r["hparams"].split(";"))["lr"] for r in rows}
-    assert lrs == {"0.05", "0.01"}  # ablation runs + the sgd reference
+    assert "sgd momentum=0 " in out and "sgd momentum=0.9 " in out
+    assert "momentum:" in out and "val loss" in out  # the factor table
+    assert (tmp_path / "rep" / "ablation.md").read_text().count("## momentum") == 1
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "cells.csv")))
+    assert [r["label"] for r in rows] == ["sgd momentum=0", "sgd momentum=0.9"]
 
 
 def test_list_and_info(capsys):
@@ -128,17 +129,42 @@ def test_debug_shows_the_traceback_of_an_input_error(capsys):
             "curvlab: error: unknown optimizer")
 
 
-def test_missing_data_stops_a_process_pool_comparison(tmp_path, capsys):
-    """The first run's data error (raised in a worker) ends the comparison with one line."""
+def test_missing_data_stops_the_comparison_before_any_run(tmp_path, capsys):
+    """A missing dataset is one line naming the fix, found before the store is even created."""
     store = tmp_path / "s.sqlite"
-    assert main(["compare", "--problem", "mnist-mlp", "--optimizers", "sgd,adam", "--steps", "3",
-                 "--store", str(store), "--report", "none", "--no-progress"]) == 2
+    assert main(["compare", "--problem", "fashion-mlp", "--optimizers", "sgd,adam", "--steps", "3",
+                 "--data-dir", str(tmp_path), "--store", str(store), "--report", "none",
+                 "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == [err.strip()] and "--data-dir" in err
-    import sqlite3
+    assert err.strip().splitlines() == [err.strip()]
+    assert "apt-get install dataset-fashion-mnist" in err and "curvlab data" in err
+    assert not store.exists()
 
-    with sqlite3.connect(store) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()[0] == 0
+
+def test_data_error_in_a_worker_stops_a_process_pool_comparison(tmp_path):
+    """Data that differ in the worker (another fingerprint) end the batch with DataError."""
+    import pytest
+
+    from curvlab.harness.config import RunConfig
+    from curvlab.harness.executor import run_configs
+    from curvlab.harness.runner import DataError
+    from curvlab.harness.settings import RunSettings
+    from curvlab.harness.store import Store
+
+    cfgs = [RunConfig("quadratic", "sgd", {"lr": 0.1}, seed=s, steps=3, data_fingerprint="0" * 64)
+            for s in range(3)]
+    store = Store(tmp_path / "s.sqlite")
+    with pytest.raises(DataError, match="fingerprint"):
+        run_configs(cfgs, store, RunSettings(executor="process", jobs=2))
+    assert store.count_runs().get("done", 0) == 0
+
+
+def test_data_command_lists_every_dataset(capsys, tmp_path):
+    assert main(["data", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("fashion-mnist", "mnist", "stdlib-text", "digits", "synthetic"):
+        assert name in out
+    assert "MISSING" in out and "apt-get install dataset-fashion-mnist" in out
 
 
 def test_settings_from_the_command_line_reach_the_stored_comparison(tmp_path, capsys):
