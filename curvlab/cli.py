@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  curvlab merge a.sqlite b.sqlite --out all.sqlite\n")
     p.add_argument("stores", nargs="+", metavar="STORE", help="input stores (read-only)")
     p.add_argument("--out", required=True, help="output store (created, or added to)")
+    p.add_argument("--on-conflict", dest="on_conflict", default="refuse",
+                   metavar="{refuse,first}",
+                   help="a run whose copies disagree: refuse the merge (default) or keep the "
+                        "first store's copy")
     return parser
 
 
@@ -458,7 +462,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from curvlab.harness.merge import merge_stores
 
-    s = merge_stores(args.stores, args.out)
+    s = merge_stores(args.stores, args.out, on_conflict=args.on_conflict)
+    for text in s.conflicts_kept_first:
+        print(f"curvlab: warning: kept the first copy of {text}", file=sys.stderr)
     print(f"merged {len(args.stores)} store(s) into {args.out}: {s.runs_added} run(s) added, "
           f"{s.runs_same} found in several stores with the same results, "
           f"{s.comparisons_added} comparison(s), {s.members_added} membership(s) added")

@@ -80,6 +80,24 @@ def _set_rng_state(state: dict[str, Any], device: str) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping the param-group dicts it was built with.
+
+    ``torch.optim.Optimizer.load_state_dict`` replaces ``param_groups`` by new
+    dicts. Optimizers that looked their groups up once (``kfac``, ``foof``,
+    ``kbfgs`` keep ``id(param) → group`` maps) would then read the old dicts,
+    and a learning-rate schedule, which writes the new ones, would stop
+    reaching them. So the loaded values are copied into the original dicts,
+    which stay the optimizer's groups.
+    """
+    groups = list(optimizer.param_groups)
+    optimizer.load_state_dict(state)
+    if len(groups) == len(optimizer.param_groups):
+        for old, new in zip(groups, optimizer.param_groups):
+            old.update(new)
+        optimizer.param_groups = groups
+
+
 def save_checkpoint(path: str | os.PathLike, setup: Setup, run: Trajectory) -> None:
     """Write the checkpoint of ``setup`` at the state of ``run`` (atomically)."""
     path = Path(path)
@@ -95,9 +113,11 @@ def save_checkpoint(path: str | os.PathLike, setup: Setup, run: Trajectory) -> N
         "fresh": setup.fresh.state_dict(),
         "trajectory": {
             "curve": [asdict(p) for p in run.curve],
-            "steps": run.steps, "train_time": run.train_time, "limit": run.limit,
+            "steps": run.steps, "train_time": run.train_time, "clock_time": run.clock_time,
+            "limit": run.limit,
             "forward": setup.counter.forward, "backward": setup.counter.backward,
             "reference": list(setup.reference.times),
+            "reference_clock": list(setup.reference.clock_times),
         },
     }
     tmp = path.with_name(path.name + ".tmp")
@@ -120,7 +140,7 @@ def load_checkpoint(path: str | os.PathLike, setup: Setup, run: Trajectory) -> b
         raise ValueError(f"checkpoint {str(path)!r} belongs to run {payload.get('key')!r} "
                          f"(format {payload.get('format')!r}), not to run {setup.config.key()}")
     setup.model.load_state_dict(payload["model"])
-    setup.optimizer.load_state_dict(payload["optimizer"])
+    _load_optimizer(setup.optimizer, payload["optimizer"])
     if setup.scheduler is not None:
         setup.scheduler.load_state_dict(payload["scheduler"])
     for name, stream in (("batches", setup.batches), ("fresh", setup.fresh)):
@@ -132,7 +152,9 @@ def load_checkpoint(path: str | os.PathLike, setup: Setup, run: Trajectory) -> b
     t = payload["trajectory"]
     run.curve = [CurvePoint(**p) for p in t["curve"]]
     run.steps, run.train_time, run.limit = t["steps"], t["train_time"], t["limit"]
+    run.clock_time = t["clock_time"]
     run.resumed_from = t["steps"]
     setup.counter.forward, setup.counter.backward = t["forward"], t["backward"]
     setup.reference.times = list(t["reference"])
+    setup.reference.clock_times = list(t["reference_clock"])
     return True

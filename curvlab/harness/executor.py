@@ -10,8 +10,9 @@ How to run comes from the comparison's
 ``process`` (default) runs every run in a process of its own (at most
 ``jobs`` at a time), so that the peak resident memory measured in a run
 belongs to that run alone and a run that hangs or dies takes nothing else
-with it: after ``run_timeout`` wall-clock seconds its process is killed and
-the run recorded as ``status="timeout"``; a process that dies (killed, out
+with it: ``run_timeout`` wall-clock seconds after the run started in its
+process (data loading included, the process's own start-up not), the
+process is killed and the run recorded as ``status="timeout"``; a process that dies (killed, out
 of memory) is a failed run; the other runs go on. Processes are forked from
 a ``forkserver`` that has imported torch and curvlab once (``spawn`` where
 forkserver is not available), so a run does not pay for a fresh
@@ -188,8 +189,9 @@ def _serial(config: RunConfig, controls: RunControls, run_timeout: float | None)
 
 
 def _worker(config: RunConfig, controls: RunControls, conn: Connection) -> None:
-    """Body of a pool process: run, send ``("result", r)`` or ``("data", message)``."""
+    """Body of a pool process: send ``("started", None)``, run, send ``("result", r)`` or ``("data", message)``."""
     try:
+        conn.send(("started", None))  # the run's clock starts here, not at the process's start
         conn.send(("result", execute(config, controls)))
     except DataError as err:
         conn.send(("data", str(err)))
@@ -200,7 +202,7 @@ def _worker(config: RunConfig, controls: RunControls, conn: Connection) -> None:
 def _process_pool(todo: list[RunConfig], store: Store, settings: RunSettings, bar) -> None:  # noqa: ANN001
     ctx = _context()
     pending = deque(todo)
-    running: dict[Connection, tuple[Any, RunConfig, RunControls, float]] = {}
+    running: dict[Connection, list[Any]] = {}  # [process, config, controls, start or None]
 
     def stop_all() -> None:
         for proc, _, _, _ in running.values():
@@ -219,16 +221,20 @@ def _process_pool(todo: list[RunConfig], store: Store, settings: RunSettings, ba
                 proc = ctx.Process(target=_worker, args=(c, controls, send), daemon=True)
                 proc.start()
                 send.close()
-                running[receive] = (proc, c, controls, time.monotonic())
+                running[receive] = [proc, c, controls, None]
             for conn in wait(list(running), timeout=_POLL):
-                proc, c, controls, _ = running.pop(conn)
                 try:
                     kind, payload = conn.recv()
+                    if kind == "started":
+                        running[conn][3] = time.monotonic()
+                        continue
                 except (EOFError, OSError):
+                    proc, c = running[conn][:2]
                     proc.join()
                     kind, payload = "result", RunResult(
                         c.key(), "error", error=f"the run's process died (exit code "
                         f"{proc.exitcode}: killed or out of memory)")
+                proc, c, controls, _ = running.pop(conn)
                 conn.close()
                 proc.join()
                 if kind == "data":
@@ -237,7 +243,9 @@ def _process_pool(todo: list[RunConfig], store: Store, settings: RunSettings, ba
                 bar.update()
             if settings.run_timeout is not None:
                 now = time.monotonic()
-                for conn in [k for k, v in running.items() if now - v[3] > settings.run_timeout]:
+                late = [k for k, v in running.items()
+                        if v[3] is not None and now - v[3] > settings.run_timeout]
+                for conn in late:
                     proc, c, controls, _ = running.pop(conn)
                     proc.kill()
                     proc.join()
@@ -296,5 +304,6 @@ def _context() -> mp.context.BaseContext:
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["curvlab.harness.runner", "curvlab_plugins"])
+    # torch._dynamo: torch.optim.Optimizer imports it lazily (~2 s), once here for every run
+    ctx.set_forkserver_preload(["curvlab.harness.runner", "curvlab_plugins", "torch._dynamo"])
     return ctx

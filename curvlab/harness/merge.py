@@ -8,17 +8,23 @@ Rows are matched by their keys:
 - the same run key in two stores is the same configuration. When both are
   finished (``done`` or ``timeout``) their *results* must agree: status,
   stop reason, steps, every loss and accuracy of the metrics and of the
-  curve. Wall-clock times, memory and provenance may differ (another
-  machine), and the first copy (the output's, then the inputs' in order) is
-  kept. A finished run beats an unfinished one (``running``, ``error``).
-  Results that differ are a *conflict*;
+  curve (numbers within a relative :data:`REL_TOL`, so last-bit differences
+  of BLAS results agree). Wall-clock times, memory and provenance may differ
+  (another machine), and the first copy (the output's, then the inputs' in
+  order) is kept. A finished run beats an unfinished one (``running``,
+  ``error``). Results that differ are a *conflict* (runs on different CPUs
+  can differ beyond the last bits: run each configuration on one machine,
+  or pass ``on_conflict="first"`` to keep the first copy);
 - the same comparison id must have the same settings (its ``selected``
   entry may differ only if one side is missing it);
 - the same membership (comparison, run, role) must have the same label.
 
 Every input is read and checked before anything is written: with any
 conflict nothing is written and a ``ValueError`` names every conflicting
-row (up to ten, then how many more) and where they differ.
+row (up to ten, then how many more) and where they differ; with
+``on_conflict="first"`` (``--on-conflict first``) the first copy of a
+conflicting run is kept and the conflicts are listed in the summary
+(settings and membership conflicts are always refused).
 """
 
 from __future__ import annotations
@@ -32,12 +38,15 @@ from typing import Any
 
 from curvlab.harness.store import FINISHED, Store
 
-__all__ = ["MergeSummary", "merge_stores"]
+__all__ = ["MACHINE_METRICS", "ON_CONFLICT", "REL_TOL", "MergeSummary", "merge_stores"]
+
+#: What to do with a run whose copies disagree.
+ON_CONFLICT = ("refuse", "first")
 
 #: Metrics that are measurements of the machine, not results: they may differ between copies.
 MACHINE_METRICS = frozenset({"train_time", "step_time", "ref_step_time", "ref_samples", "step_cost",
-                             "peak_mem_mb", "mem_delta_mb", "warnings", "warning_kinds",
-                             "resumed_from"})
+                             "step_cost_wall", "cost_clock", "peak_mem_mb", "mem_delta_mb",
+                             "warnings", "warning_kinds", "resumed_from"})
 
 
 @dataclass(frozen=True)
@@ -49,18 +58,29 @@ class MergeSummary:
         runs_same: Runs present in several stores with agreeing results.
         comparisons_added: Comparisons copied.
         members_added: Memberships copied.
+        conflicts_kept_first: Runs whose copies disagreed, kept from their first
+            store (``on_conflict="first"``).
     """
 
     runs_added: int
     runs_same: int
     comparisons_added: int
     members_added: int
+    conflicts_kept_first: tuple[str, ...] = ()
+
+
+#: Two copies of a number agree within this relative tolerance (last-bit differences of BLAS
+#: results are not conflicts; anything larger is).
+REL_TOL = 1e-9
 
 
 def _close(a: Any, b: Any) -> bool:
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+    if isinstance(a, bool) or isinstance(b, bool) or not (
+            isinstance(a, (int, float)) and isinstance(b, (int, float))):
+        return a == b
+    if math.isnan(a) and math.isnan(b):
         return True
-    return a == b
+    return a == b or math.isclose(a, b, rel_tol=REL_TOL, abs_tol=1e-12)
 
 
 def _result_view(record: dict[str, Any]) -> dict[str, Any]:
@@ -85,12 +105,15 @@ def _differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return out
 
 
-def merge_stores(inputs: Sequence[str | Path], out: str | Path) -> MergeSummary:
+def merge_stores(inputs: Sequence[str | Path], out: str | Path, *,
+                 on_conflict: str = "refuse") -> MergeSummary:
     """Merge the stores ``inputs`` into ``out`` (see the module docstring).
 
     Args:
         inputs: Store files (opened read-only).
         out: The output store (created if missing).
+        on_conflict: ``"refuse"`` (default) or ``"first"`` (keep the first copy
+            of a run whose copies disagree).
 
     Returns:
         A :class:`MergeSummary`.
@@ -113,6 +136,8 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path) -> MergeSummary:
     """
     if not inputs:
         raise ValueError("merge needs at least one input store")
+    if on_conflict not in ON_CONFLICT:
+        raise ValueError(f"on_conflict must be one of {ON_CONFLICT}, got {on_conflict!r}")
     out = Path(out)
     for p in inputs:
         if Path(p).resolve() == out.resolve():
@@ -124,7 +149,7 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path) -> MergeSummary:
             sources.append(Store(p, readonly=True))
         target = Store(out)
         try:
-            return _merge(target, sources)
+            return _merge(target, sources, on_conflict)
         finally:
             target.close()
     finally:
@@ -132,12 +157,13 @@ def merge_stores(inputs: Sequence[str | Path], out: str | Path) -> MergeSummary:
             s.close()
 
 
-def _merge(target: Store, sources: list[Store]) -> MergeSummary:
+def _merge(target: Store, sources: list[Store], on_conflict: str) -> MergeSummary:
     runs: dict[str, tuple[str, dict[str, Any]]] = {}
     for key in target.keys():
         runs[key] = (target.path, target.record(key))
     present = set(runs)
     conflicts: list[str] = []
+    kept: list[str] = []
     same = 0
     for src in sources:
         for key in src.keys():
@@ -151,10 +177,10 @@ def _merge(target: Store, sources: list[Store]) -> MergeSummary:
                 diff = _differences(have, rec)
                 if diff:
                     r = rec["run"]
-                    conflicts.append(f"run {key} ({r['problem']}/{r['optimizer']} seed "
-                                     f"{r['seed']}) in {where} and {src.path}: "
-                                     + "; ".join(diff[:3]) + (f" (+{len(diff) - 3} more)"
-                                                              if len(diff) > 3 else ""))
+                    text = (f"run {key} ({r['problem']}/{r['optimizer']} seed {r['seed']}) in "
+                            f"{where} and {src.path}: " + "; ".join(diff[:3])
+                            + (f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""))
+                    (kept if on_conflict == "first" else conflicts).append(text)
                 else:
                     same += 1
             elif b_done:
@@ -215,4 +241,4 @@ def _merge(target: Store, sources: list[Store]) -> MergeSummary:
         by_comparison.setdefault(cid, []).append((key, role, label))
     for cid, rows in by_comparison.items():
         target.add_members(cid, rows)
-    return MergeSummary(added, same, new_comps, len(new_members))
+    return MergeSummary(added, same, new_comps, len(new_members), tuple(kept))

@@ -27,7 +27,7 @@ from typing import Any
 from curvlab.harness.results import CurvePoint, RunMetrics, RunResult
 from curvlab.harness.statistics import bootstrap_ci, median_iqr
 
-__all__ = ["mean_std", "summarize", "time_to_target"]
+__all__ = ["cost_to_target", "mean_std", "summarize", "time_to_target"]
 
 
 def time_to_target(curve: Sequence[CurvePoint], target: float, *,
@@ -55,6 +55,28 @@ def time_to_target(curve: Sequence[CurvePoint], target: float, *,
         if loss is not None and math.isfinite(loss) and loss <= target:
             return p.step, p.time
     return None
+
+
+def cost_to_target(result: RunResult, target: float) -> float:
+    """Work to reach the validation target, in reference steps: steps to it × the step cost.
+
+    The noise-robust counterpart of the seconds to the target (the step
+    cost uses the CPU clock where it can: :mod:`curvlab.harness.timing`);
+    ``inf`` for a failed run or a missed target.
+
+    Example:
+        >>> r = RunResult("k", "done", "steps", RunMetrics(step_cost=2.5),
+        ...               curve=[CurvePoint("eval", 20, 0.5, 0.2, val_loss=0.25)])
+        >>> cost_to_target(r, 0.3), cost_to_target(r, 0.1)
+        (50.0, inf)
+    """
+    if result.failed or result.metrics is None:
+        return math.inf
+    hit = time_to_target(result.curve, target)
+    cost = result.metrics.step_cost
+    if hit is None or not (cost > 0):
+        return math.inf
+    return float(hit[0] * cost)
 
 
 def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
@@ -98,8 +120,9 @@ def summarize(
     ``test_loss``, ``test_acc``, ``val_acc`` (median, ``_q25``, ``_q75``);
     ``reached`` (runs that hit the validation target), ``steps_to_target``,
     ``seconds_to_target`` (with CI) and ``ref_steps_to_target`` (medians,
-    :math:`+\infty` for misses); ``step_time_ms``, ``ref_step_ms``,
-    ``step_cost`` (reference steps per step), ``backward_passes``,
+    :math:`+\infty` for misses; :func:`cost_to_target`); ``step_time_ms``,
+    ``ref_step_ms``, ``step_cost`` (reference steps per step, median and
+    IQR), ``step_cost_wall`` (wall clock), ``backward_passes``,
     ``forward_passes`` (per step), ``peak_mem_mb``, ``mem_delta_mb``
     (medians); ``stat_<counter>`` (mean of every optimizer counter).
     Failed runs enter the losses as :math:`+\infty`; errors and timeouts
@@ -146,12 +169,12 @@ def summarize(
         row["reached"] = sum(h is not None for h in hits)
         row["steps_to_target"] = median_iqr([h[0] if h else math.inf for h in hits])[0]
         _spread(row, "seconds_to_target", [h[1] if h else math.inf for h in hits], ci=True)
-        ref = [(h[1] / r.metrics.ref_step_time) if h and r.metrics is not None and
-               r.metrics.ref_step_time > 0 else math.inf for h, (_, r) in zip(hits, runs)]
-        row["ref_steps_to_target"] = median_iqr(ref)[0]
+        row["ref_steps_to_target"] = median_iqr([cost_to_target(r, target) for _, r in runs])[0]
         row["step_time_ms"] = median_iqr([x.step_time * 1e3 for x in m])[0]
         row["ref_step_ms"] = median_iqr([x.ref_step_time * 1e3 for x in m])[0]
         _spread(row, "step_cost", [x.step_cost for x in m])
+        row["step_cost_wall"] = median_iqr([x.step_cost_wall for x in m])[0]
+        row["cost_clock"] = ",".join(sorted({x.cost_clock for x in m if x.cost_clock}))
         row["backward_passes"] = median_iqr([x.backward_passes for x in m])[0]
         row["forward_passes"] = median_iqr([x.forward_passes for x in m])[0]
         row["peak_mem_mb"] = median_iqr([x.peak_mem_mb for x in m])[0]

@@ -21,9 +21,9 @@ Cost measures of one run (its comparison's validation-loss target ``T``):
 
 - ``"steps"``: the step of the first evaluation with validation loss ``≤ T``;
 - ``"seconds"``: the training seconds at that evaluation (evaluation excluded);
-- ``"ref-steps"``: those seconds in reference steps (divided by the run's
-  mean reference-step time, :mod:`curvlab.harness.timing`): a time that
-  survives a busy machine;
+- ``"ref-steps"``: the work to that evaluation in reference steps (its step
+  × the run's step cost, :func:`~curvlab.harness.metrics.cost_to_target`):
+  a time that survives a busy machine;
 - ``"loss"``: the final full train loss; ``"val-loss"``: the final
   validation loss (both must be ``≥ 0``).
 
@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from curvlab.harness.metrics import time_to_target
+from curvlab.harness.metrics import cost_to_target, time_to_target
 from curvlab.harness.report import prepare_folder, write_csv
 from curvlab.harness.results import RunResult
 from curvlab.harness.statistics import median_iqr
@@ -90,7 +90,7 @@ def run_cost(result: RunResult, measure: str, target: float) -> float:
     Example:
         >>> from curvlab.harness.results import CurvePoint, RunMetrics
         >>> r = RunResult("k", "done", "steps", RunMetrics(final_loss=0.2, final_val_loss=0.3,
-        ...               ref_step_time=0.01), {}, [CurvePoint("eval", 0, 0.0, 2.0, val_loss=2.1),
+        ...               step_cost=5.0), {}, [CurvePoint("eval", 0, 0.0, 2.0, val_loss=2.1),
         ...               CurvePoint("eval", 10, 0.5, 0.2, val_loss=0.3)])
         >>> [run_cost(r, m, 1.0) for m in MEASURES]
         [10.0, 0.5, 50.0, 0.2, 0.3]
@@ -105,12 +105,11 @@ def run_cost(result: RunResult, measure: str, target: float) -> float:
         return result.ranked_loss
     if measure == "val-loss":
         return result.ranked_val_loss
+    if measure == "ref-steps":
+        return cost_to_target(result, target)
     hit = time_to_target(result.curve, target)
     if hit is None:
         return math.inf
-    if measure == "ref-steps":
-        ref = result.metrics.ref_step_time if result.metrics is not None else math.nan
-        return float(hit[1] / ref) if ref > 0 else math.inf
     return float(hit[0] if measure == "steps" else hit[1])
 
 

@@ -12,9 +12,10 @@ runs of the protocol:
    ``tuning_seed + k``.
 2. **Selection** on the validation set, never the test set (:func:`rank`):
    ``val-loss`` takes the lowest final validation loss; ``time-to-target``
-   the earliest time to the validation target, measured in reference steps
-   (training seconds over the run's reference-step time, so a busy moment
-   does not decide), ties broken by the final validation loss. Failed runs
+   the least work to the validation target in reference steps (steps to
+   the target × the step cost, :func:`~curvlab.harness.metrics.cost_to_target`,
+   so a busy moment does not decide), ties broken by the final validation
+   loss. Failed runs
    (error, timeout, divergence) rank last; among equals the earlier trial
    wins.
 3. **Evaluation runs**: each study's winner (the schema defaults without
@@ -36,7 +37,7 @@ import curvlab
 from curvlab.harness.config import RunConfig
 from curvlab.harness.data import DataCorruptError
 from curvlab.harness.executor import run_configs
-from curvlab.harness.metrics import time_to_target
+from curvlab.harness.metrics import cost_to_target
 from curvlab.harness.problems import Problem
 from curvlab.harness.provenance import plugin_code_hash
 from curvlab.harness.results import RunResult
@@ -77,7 +78,7 @@ def rank(result: RunResult, select: str, target: float) -> tuple[float, float]:
 
     Example:
         >>> from curvlab.harness.results import CurvePoint, RunMetrics
-        >>> r = RunResult("k", "done", "steps", RunMetrics(final_val_loss=0.3, ref_step_time=0.01),
+        >>> r = RunResult("k", "done", "steps", RunMetrics(final_val_loss=0.3, step_cost=2.5),
         ...               curve=[CurvePoint("eval", 20, 0.5, 0.2, val_loss=0.25)])
         >>> rank(r, "val-loss", 0.3), rank(r, "time-to-target", 0.3)
         ((0.3, 0.0), (50.0, 0.3))
@@ -88,11 +89,7 @@ def rank(result: RunResult, select: str, target: float) -> tuple[float, float]:
     if result.failed:
         return (math.inf, math.inf)
     if select == "time-to-target":
-        hit = time_to_target(result.curve, target)
-        ref = result.metrics.ref_step_time if result.metrics is not None else math.nan
-        if hit is None:
-            return (math.inf, loss)
-        return (hit[1] / ref if ref > 0 else hit[1], loss)
+        return (cost_to_target(result, target), loss)
     return (loss, 0.0)
 
 

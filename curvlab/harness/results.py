@@ -61,12 +61,15 @@ class RunMetrics:
         best_val_loss: Lowest validation loss of the evaluations.
         final_val_acc: Validation accuracy at the end (classification), else ``None``.
         eval_size: Training rows of the evaluation subset.
-        ref_step_time: Mean seconds of the reference step (the problem's plain
-            SGD step on a private copy of the model), timed interleaved
-            with this run's steps in the same process.
+        ref_step_time: Mean wall-clock seconds of the reference step (the
+            problem's plain SGD step on a private copy of the model), timed
+            interleaved with this run's steps in the same process.
         ref_samples: How many reference steps were timed.
-        step_cost: ``step_time / ref_step_time``: the cost of one step in
-            reference steps (robust to a busy machine: both slow down alike).
+        step_cost: The cost of one step in reference steps, on the cost clock
+            (:mod:`curvlab.harness.timing`: the thread's CPU time on the CPU
+            with one thread, so robust to a busy machine; else the wall clock).
+        step_cost_wall: ``step_time / ref_step_time`` (wall clock).
+        cost_clock: The clock of ``step_cost`` (``"thread-cpu"`` or ``"wall"``).
         forward_passes: Forward passes of the model per step (counted).
         backward_passes: Backward passes through the model per step
             (counted): gradient evaluations, extra backward passes of
@@ -105,6 +108,8 @@ class RunMetrics:
     ref_step_time: float = math.nan
     ref_samples: int = 0
     step_cost: float = math.nan
+    step_cost_wall: float = math.nan
+    cost_clock: str = ""
     forward_passes: float = math.nan
     backward_passes: float = math.nan
     resumed_from: int = 0

@@ -67,7 +67,7 @@ from curvlab.harness.problems import BatchStream, Dataset, Problem, load_problem
 from curvlab.harness.provenance import plugin_code_hash, run_provenance
 from curvlab.harness.results import CurvePoint, RunMetrics, RunResult
 from curvlab.harness.schedules import build_scheduler
-from curvlab.harness.timing import PassCounter, ReferenceStep
+from curvlab.harness.timing import PassCounter, ReferenceStep, cost_clock, read_clock
 
 __all__ = ["DIVERGENCE_FACTOR", "FRESH_SEED_OFFSET", "DataError", "RunControls", "Setup",
            "Trajectory", "execute", "measure", "prepare", "train"]
@@ -180,6 +180,7 @@ class Trajectory:
         curve: Batch and evaluation points, in the order they were taken.
         steps: Steps taken.
         train_time: Seconds in ``opt.step`` (evaluation excluded).
+        clock_time: The same on the cost clock (:func:`~curvlab.harness.timing.cost_clock`).
         stop_reason: ``"steps"``, ``"seconds"`` or ``"diverged"``.
         limit: The divergence threshold (``1e3 ×`` the initial train loss).
         final_train_loss: Full train loss at the end.
@@ -189,6 +190,7 @@ class Trajectory:
     curve: list[CurvePoint] = field(default_factory=list)
     steps: int = 0
     train_time: float = 0.0
+    clock_time: float = 0.0
     stop_reason: str = "steps"
     limit: float = math.inf
     final_train_loss: float = math.nan
@@ -248,7 +250,7 @@ def prepare(config: RunConfig) -> Setup:
     eval_x, eval_y = problem.evaluation_subset(data)
     model = problem.init_model(config.seed).to(device=device, dtype=dtype)
     loss_fn = problem.loss_fn()
-    reference = ReferenceStep(model, problem.loss_fn())
+    reference = ReferenceStep(model, problem.loss_fn(), cost_clock(device, config.threads))
     x0, y0 = data.x_train[: problem.batch_size], data.y_train[: problem.batch_size]
     reference.warm_up(x0, y0)  # first-call costs of this process are not the reference's
     torch.manual_seed(config.seed)  # optimizers that draw random numbers use the global RNGs
@@ -281,6 +283,7 @@ def train(setup: Setup, controls: RunControls | None = None,
     controls = controls or RunControls()
     cfg, model, loss_fn, opt = setup.config, setup.model, setup.loss_fn, setup.optimizer
     scale = setup.problem.loss_scale
+    clock = setup.reference.clock
     run = run if run is not None else Trajectory()
     if not run.curve:
         run.curve.append(setup.evaluate(0, 0.0))
@@ -294,11 +297,12 @@ def train(setup: Setup, controls: RunControls | None = None,
         closure = curvlab.closure(model, loss_fn, x, y, batches=setup.fresh)
         with setup.counter.counting():
             _sync(cfg.device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), read_clock(clock)
             loss = opt.step(closure)
             value = float(loss.detach()) * scale if isinstance(loss, Tensor) else math.nan
             _sync(cfg.device)
             run.train_time += time.perf_counter() - t0
+            run.clock_time += read_clock(clock) - c0
         run.steps += 1
         if setup.scheduler is not None:
             setup.scheduler.step()
@@ -346,7 +350,7 @@ def measure(setup: Setup, run: Trajectory) -> RunMetrics:
         delta = max(0.0, peak - setup.rss_before_mb)
     steps = max(run.steps, 1)
     step_time = run.train_time / steps
-    ref = setup.reference.mean
+    ref, ref_clock = setup.reference.mean, setup.reference.clock_mean
     return RunMetrics(
         steps=run.steps,
         train_time=run.train_time,
@@ -362,7 +366,9 @@ def measure(setup: Setup, run: Trajectory) -> RunMetrics:
         eval_size=int(setup.eval_x.shape[0]),
         ref_step_time=ref,
         ref_samples=len(setup.reference.times),
-        step_cost=step_time / ref if ref > 0 else math.nan,
+        step_cost=run.clock_time / steps / ref_clock if ref_clock > 0 else math.nan,
+        step_cost_wall=step_time / ref if ref > 0 else math.nan,
+        cost_clock=setup.reference.clock,
         forward_passes=setup.counter.forward / steps,
         backward_passes=setup.counter.backward / steps,
         resumed_from=run.resumed_from,

@@ -184,3 +184,25 @@ def test_settings_from_the_command_line_reach_the_stored_comparison(tmp_path, ca
         "steps": 7, "seconds": None, "eval_every": 7, "target": 1e9, "seeds": 2,
         "dtype": "float64", "problem_options": load_problem("quadratic", small=True).options(),
         "hparams": {"sgd": {"lr": 0.05}}}
+
+
+def test_report_as_parquet(tmp_path):
+    pq = __import__("pytest").importorskip("pyarrow.parquet")
+    store = tmp_path / "s.sqlite"
+    assert main(["compare", "--problem", "quadratic", "--optimizers", "sgd,adam", "--steps", "4",
+                 "--eval-every", "2", "--seeds", "2", "--executor", "serial", "--store",
+                 str(store), "--report", "none"]) == 0
+    rep = tmp_path / "rep"
+    assert main(["report", "--store", str(store), "--out", str(rep), "--format", "parquet"]) == 0
+    assert not (rep / "summary.md").exists()
+    summary = pq.read_table(rep / "summary.parquet").to_pylist()
+    assert sorted(r["label"] for r in summary) == ["adam", "sgd"]
+    assert all(r["runs"] == 2 and r["val_loss"] > 0 for r in summary)
+    runs = pq.read_table(rep / "runs.parquet").to_pylist()
+    assert len(runs) == 4 and {r["env_torch"] for r in runs} and all(r["plugin_code"] for r in runs)
+    curves = pq.read_table(rep / "curves.parquet")
+    assert {"val_loss", "test_loss", "train_loss"} <= set(curves.column_names)
+    both = tmp_path / "both"
+    assert main(["report", "--store", str(store), "--out", str(both), "--format",
+                 "markdown,parquet"]) == 0
+    assert (both / "summary.md").exists() and (both / "runs.parquet").exists()

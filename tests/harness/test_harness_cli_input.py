@@ -285,6 +285,8 @@ ROWS = [
      ["not a curvlab results store"], False),
     ("merge-out-is-input", ["merge", "{good}", "--out", "{good}"], 2,
      ["is also the output"], False),
+    ("merge-on-conflict", ["merge", "{good}", "--out", "{store}", "--on-conflict", "last"], 2,
+     ["on_conflict must be one of", "'last'"], False),
 ]
 for command, base in (("compare", CMP), ("ablate", ABL)):
     ROWS += [(f"{command}-{sid}", base + extra, 2, words, False) for sid, extra, words in SETTINGS]

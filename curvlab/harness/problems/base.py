@@ -352,8 +352,13 @@ class Problem:
                 raise ValueError(f"eval_size must be an integer >= 1 or 'full', got {eval_size!r}")
             eval_size = int(eval_size)
         self.eval_size: int | str | None = eval_size
-        self._explicit = {"batch_size": batch_size is not None,
-                          "fresh_batch_size": fresh_batch_size is not None}
+        # a size equal to the default is not an explicit choice: options() reports the sizes in
+        # effect, and load_problem(name, **p.options()) must rebuild p (a default above the
+        # training rows is clipped, an explicit one refused)
+        self._explicit = {
+            "batch_size": batch_size is not None and batch_size != (default or type(self).batch_size),
+            "fresh_batch_size": fresh_batch_size is not None and fresh_batch_size != self.batch_size,
+        }
 
     def options(self) -> dict[str, Any]:
         """The options that define this problem instance (part of the run hash).
