@@ -79,7 +79,7 @@ from torch import Tensor
 
 from curvlab.closure import call_closure
 from curvlab.curvature.finite import all_finite
-from curvlab.hparams import OPTIMIZER, HParam, Schema
+from curvlab.hparams import OPTIMIZER, HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 from curvlab_plugins.groupednewton.cubic import D_REL_TOL, cubic_step_sizes, newton_step_sizes
 from curvlab_plugins.groupednewton.direction import DIRECTIONS, direction_step
@@ -178,9 +178,9 @@ class GroupedNewton(CurvatureOptimizer):
     schema = Schema(
         [
             HParam("lr", float, 0.1, "λ₁: factor on the step sizes, θ_s ← θ_s − lr·η_s·u_s",
-                   low=0.0, grid=(1.0, 0.3, 0.1, 0.03)),
+                   low=0.0, space=LogUniform(1e-2, 1.0)),
             HParam("lambda_int", float, 10.0, "λ_int: strength of the cubic regularisation "
-                   "(order 3)", low=0.0, low_open=True, grid=(1.0, 10.0, 100.0),
+                   "(order 3)", low=0.0, low_open=True, space=LogUniform(1.0, 100.0),
                    scope=OPTIMIZER),
             HParam("order", int, 3, "2: η = H̄⁻¹ḡ; 3: cubic-regularised with diag(D)",
                    choices=(2, 3), scope=OPTIMIZER),
