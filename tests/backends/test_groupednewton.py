@@ -265,7 +265,8 @@ def test_period_and_ema_bookkeeping():
     model, loss_fn = _tanh_net(9), nn.MSELoss()
     batches = _batches(9)
     opt = curvlab.create("groupednewton", model, loss_fn, period=3, eta_ema=0.5,
-                         safeguard=False)  # exact EMA formula; rejections drop the history
+                         safeguard=False,  # exact EMA formula; rejections drop the history
+                         recompute_growth=None)  # the fixed period alone
     _run(model, loss_fn, opt, batches, 3)
     first = opt.last_tensors
     assert opt.stats["tensor_computations"] == 1 and first.step == 0
