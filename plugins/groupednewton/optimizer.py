@@ -393,13 +393,17 @@ class GroupedNewton(CurvatureOptimizer):
         return kept, kept
 
     def _step_sizes(self, tensors, closure, dirs, loss0: float | None,
-                    active: list[int]) -> StepSizes:
-        """Solve, clip, smooth and (safeguard) accept the step sizes of the ``active`` subsets."""
+                    active: list[int], *, smooth: bool = True) -> StepSizes:
+        """Solve, clip, smooth and (safeguard) accept the step sizes of the ``active`` subsets.
+
+        ``smooth=False`` drops the EMA history (an early computation: the old η belong to a
+        direction of another magnitude).
+        """
         hp = self.optimizer_hparams
         cs = self.curv_state
         sigma0 = float(cs.get("reg_scale", 1.0))
         sigma = sigma0
-        old = cs.get("eta_kept", cs.get("eta"))
+        old = cs.get("eta_kept", cs.get("eta")) if smooth else None
         old = None if old is None else old[active]
         check = hp["safeguard"] and loss0 is not None and loss0 == loss0
         counts = {"solve_failures": 0}
@@ -528,7 +532,7 @@ class GroupedNewton(CurvatureOptimizer):
             del fresh
             if not all_finite([tensors.gbar, tensors.hbar, tensors.d]):
                 return Skip("non-finite partition tensors")
-            sizes = self._step_sizes(tensors, closure, dirs, loss0, active)
+            sizes = self._step_sizes(tensors, closure, dirs, loss0, active, smooth=not early)
             counts = {"tensor_computations": 1, "early_computations": int(early), **sizes.counts}
             if hp["clip_negative"]:
                 counts["clipped_step_sizes"] = int((sizes.eta_raw < 0).sum())
