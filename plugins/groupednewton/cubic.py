@@ -37,10 +37,22 @@ d → Ad with :math:`A = \operatorname{diag}(a)` up to signs, and
 :math:`\tilde H`, γ, r are unchanged): subsets with
 :math:`\bar H_{ss} = 0` and :math:`d_s = 0` (e.g. :math:`u_s = 0`) get
 :math:`\eta_s = 0`; :math:`d_s` counts as zero when
-:math:`d_s \le 10^{-6} \max_i d_i` (singular D, e.g. MSE with a linear
-last layer has exactly zero third derivative there); conditioning is
-judged on the Jacobi-scaled matrix
-:math:`J \bar H J`, :math:`J = \operatorname{diag}(|\bar H_{ss}|^{-1/2})`.
+:math:`d_s^2 \le 10^{-10} |\bar H_{ss}|` (:func:`effective_d`; singular
+D, e.g. MSE with a linear last layer has exactly zero third derivative
+there), a test against the subset's own curvature — comparing
+:math:`d_s` with the other subsets' :math:`d_i`, whose scales are
+unrelated, made the early layers of a deep auto-encoder (tiny
+:math:`u_s`) count as unregularised and every solve fail; conditioning is
+judged on the Jacobi-scaled matrix :math:`J \bar H J`,
+:math:`J = \operatorname{diag}(|\bar H_{ss}|^{-1/2})`.
+
+A subset with :math:`d_s = 0` and :math:`\bar H_{ss} \le 0` (and a
+nonzero :math:`\bar g_s` or :math:`\bar H_{ss}`) has no minimiser along
+it: it is *dropped* (:math:`\eta_s = 0`, listed in
+:attr:`StepSizes.dropped`) and the others are solved, instead of failing
+the whole solve. The attention key bias is such a subset (its gradient is
+zero in exact arithmetic: softmax ignores a constant per query), and
+failing on it stopped a transformer from training at all.
 
 Coordinates with :math:`d_s = 0` (set N) are not regularised: they are
 eliminated by a Schur complement, which requires :math:`\bar H_{NN} \succ 0`

@@ -8,43 +8,76 @@ Algorithm (one call of ``step(closure)``; t counts the steps):
 1. ``closure()`` evaluates the loss on the current batch and back-propagates.
 2. A first-order direction u is updated from the gradients
    (:mod:`~curvlab_plugins.groupednewton.direction`; SGD momentum by default).
-3. Every ``period`` steps (t mod period = 0), the loss is evaluated on a
-   *separate* mini-batch (``closure(backward=False, fresh=True)``, which
-   returns it with its graph) and the exact partition tensors ḡ, H̄ (and
-   the diagonal of D for order 3) along u are computed by nested autodiff
-   (:mod:`~curvlab_plugins.groupednewton.tensors`). The step sizes
-   η_new = H̄⁻¹ḡ (order 2) or the cubic-regularised solution (order 3,
-   :mod:`~curvlab_plugins.groupednewton.cubic`) follow, in float64. A
-   failed solve gives η_new = 0 and is counted in
-   ``stats["solve_failures"]``. Negative entries are clipped to 0
-   (``clip_negative``; counted in ``stats["clipped_step_sizes"]``), then
-   η ← β η + (1 − β) η_new (β = ``eta_ema``; η = η_new the first time).
-4. θ_s ← θ_s − lr · η_s · u_s for every subset s (``lr`` is the paper's
-   λ₁, the damping of the step sizes; every curvlab optimizer names its
-   global step factor ``lr`` so that LR schedulers drive it).
+3. When the tensors are due — ``period`` steps after the last computation,
+   or earlier once the norm ‖u_s‖ of a subset that moves (η_s > 0) exceeds
+   κ = ``recompute_growth`` times its value at the last computation — the
+   loss is evaluated on a *separate* mini-batch (``closure(backward=False,
+   fresh=True)``, which returns it with its graph) and the exact partition
+   tensors ḡ, H̄ (and the diagonal of D for order 3) along u are computed
+   by nested autodiff (:mod:`~curvlab_plugins.groupednewton.tensors`). The
+   step sizes η_new = H̄⁻¹ḡ (order 2) or the cubic-regularised solution
+   (order 3, :mod:`~curvlab_plugins.groupednewton.cubic`) follow, in
+   float64. A failed solve gives η_new = 0 (``stats["solve_failures"]``);
+   subsets along which the model is unbounded below (no cubic term, no
+   positive curvature) get η_s = 0 and the others are solved
+   (``stats["dropped_subsets"]``). Negative entries are clipped to 0
+   (``clip_negative``; ``stats["clipped_step_sizes"]``) and η ← β η +
+   (1 − β) η_new (β = ``eta_ema``; η = η_new the first time and after an
+   early computation); ``ema_before_clip`` smooths the raw values and clips
+   afterwards, as the paper's code does.
+4. θ_s ← θ_s − λ₁ · η_s · u_s for every subset s, λ₁ = ``lr`` × the
+   plateau scale (``lr`` is the paper's λ₁, the damping of the step sizes;
+   every curvlab optimizer names its global step factor ``lr`` so that LR
+   schedulers drive it).
 
-Between recomputations η is reused with the current u.
+Between computations η is reused with the current u. Why a growing u
+forces a recomputation: η_s is a step per unit of u_s, checked for the u
+of the computation; on the digits auto-encoder u grew 100× within a period
+after the first step and the reused η turned the loss into NaN at step 6.
+The test compares two norms of the same subset, so it is scale-free (u_s →
+a_s u_s) and shift-free, and keeps the invariance below; ``None`` restores
+the paper's fixed period.
 
 Safeguard (``safeguard``, on by default; adaptive cubic regularisation in
-the manner of Cartis, Gould & Toint's ARC): at a recomputation the step
-θ − lr·η·u is tried on the *current* batch (one extra forward pass,
-``closure(backward=False)``) and ρ = (actual decrease) / (decrease of the
-cubic model m at e = lr·η, with the solver's 𝒟: subsets with
-d_s ≤ D_REL_TOL·max d carry no cubic term) is formed. The step is
-rejected if the loss does not decrease (or is not finite), or if ρ <
-RHO_MIN = 0.1 while the model predicts a decrease (a model that predicts
-none, e.g. at a smoothed η, only asks for an actual decrease). On
+the manner of Cartis, Gould & Toint's ARC): at a computation the step
+θ − λ₁·η·u is tried on the *current* batch (one extra forward pass,
+``closure(backward=False)``; parameters and the model's buffers, e.g.
+BatchNorm's running statistics, are restored afterwards) and ρ = (actual
+decrease) / (decrease of the cubic model m at e = λ₁·η, with the solver's
+𝒟, :func:`~curvlab_plugins.groupednewton.cubic.effective_d`) is formed. The
+step is rejected if the loss does not decrease (or is not finite), or if
+ρ < RHO_MIN = 0.1 while the model predicts a decrease (a model that
+predicts none, e.g. at a smoothed η, only asks for an actual decrease). On
 rejection the regularisation is multiplied by 10 (λ_eff = σ·λ_int,
 σ ← 10σ; order 2: η_new/σ), the EMA history of η is dropped and the step
-sizes are solved again, up to ``MAX_REJECTIONS`` times (counted in
-``stats["rejected_steps"]``). If every candidate fails, η = 0 until the
-next recomputation (``stats["safeguard_failures"]``). An accepted step
-with ρ ≥ RHO_GOOD = 0.9 sets σ ← max(1, σ/10), otherwise σ is kept, so
-λ_int stays the lower bound. σ lives in ``curv_state["reg_scale"]``. Loss
-values and σ do not depend on the parametrisation, so the check keeps the
-affine invariance. Why the safeguard and ``clip_negative`` are on by
+sizes are solved again, up to ``MAX_REJECTIONS`` times
+(``stats["rejected_steps"]``). If every candidate fails, η = 0 until the
+next computation (``stats["safeguard_failures"]``). An accepted step with
+ρ ≥ RHO_GOOD = 0.9 sets σ ← max(1, σ/10), otherwise σ is kept, so λ_int
+stays the lower bound. σ lives in ``curv_state["reg_scale"]``. Loss values
+and σ do not depend on the parametrisation, so the check keeps the affine
+invariance. A computed step that moves a subset by more than
+``HUGE_STEP`` = 1e3 times its norm is reported once
+(:class:`GroupedNewtonWarning`, naming the subset and the hyper-parameters
+to change; the report reads ‖θ_s‖, which is not shift-invariant, but it
+changes nothing in the trajectory). Why these safeguards are on by
 default, with the measurements behind them and the commands that
 regenerate them: ``docs/backends/groupednewton.rst``.
+
+λ₁ plateau schedule (``plateau_patience``; off by default, the paper's
+experiments use it): the loss of every step is averaged over windows of
+``plateau_window`` steps; a window whose mean is not below the best mean
+by the relative margin 1e-4 counts as bad, and after more than
+``plateau_patience`` bad windows in a row λ₁ is multiplied by
+``plateau_factor`` and the best restarts at the current mean (the paper's
+``ReduceDampingOnPlateau``, stepped once per epoch on the mean training
+loss). The scale lives in ``curv_state["lr_scale"]`` and multiplies the
+groups' ``lr``, so an LR scheduler still works on top of it.
+
+Diagnostics: after every step ``stats`` holds the per-subset learning
+rates λ₁·η_s as ``lr/<subset>`` (:attr:`GroupedNewton.learning_rates`),
+``reg_scale`` (σ) and ``lr_scale`` besides the counters above and
+``tensor_computations``/``early_computations``.
 
 Invariance: with SGD-momentum or gradient directions the trajectory is
 invariant under θ_s = a_s θ'_s + b_s per subset (scalars a_s ≠ 0, b_s);

@@ -178,3 +178,42 @@ def test_learning_rates_are_recorded_in_stats():
     assert {k[3:]: v for k, v in opt.stats.items() if k.startswith("lr/")} == rates
     eta = opt.last_tensors.eta
     assert [rates[n] for n in opt.subset_names] == pytest.approx((0.1 * eta).tolist(), rel=1e-15)
+
+
+def test_paper_configuration_is_valid_and_every_value_has_its_source():
+    from curvlab_plugins.groupednewton.paper import (
+        PAPER_MLP_MNIST,
+        PAPER_MLP_MNIST_SAFE,
+        PAPER_MLP_MNIST_SETUP,
+        PAPER_SOURCES,
+    )
+
+    schema = curvlab.info("groupednewton").schema
+    for config in (PAPER_MLP_MNIST, PAPER_MLP_MNIST_SAFE):
+        assert schema.validate(dict(config))  # every value in range
+    assert set(PAPER_MLP_MNIST) - {"safeguard", "recompute_growth"} <= set(PAPER_SOURCES)
+    assert {"batch_size", "fresh_batch_size", "epochs"} <= set(PAPER_SOURCES)
+    assert PAPER_MLP_MNIST_SETUP["fresh_batch_size"] == 1000
+    # the paper's algorithm in its setting (tanh MLP, classification, larger separate batch)
+    from curvlab.harness.problems import load_problem
+
+    data = load_problem("digits-mlp").data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10))
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(0)
+
+    def batch(n):
+        i = torch.randint(0, len(data.x_train), (n,), generator=gen)
+        return data.x_train[i], data.y_train[i]
+
+    def full_loss():
+        with torch.no_grad():
+            return float(loss_fn(model(data.x_train), data.y_train))
+
+    before = full_loss()
+    opt = curvlab.create("groupednewton", model, loss_fn, **PAPER_MLP_MNIST)
+    for _ in range(40):
+        x, y = batch(32)
+        opt.step(curvlab.closure(model, loss_fn, x, y, batches=lambda: batch(256)))
+    assert full_loss() < 0.5 * before
