@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -66,6 +67,7 @@ from curvlab.curvature.momentum import momentum_step_
 from curvlab.curvature.rng import derive_seed
 from curvlab.hparams import OPTIMIZER, HParam, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
+from curvlab_plugins.natgrad.columns import Columns, DenseColumns, KroneckerColumns
 from curvlab_plugins.natgrad.jacobians import fisher_columns
 from curvlab_plugins.natgrad.observation import ClosureObserver, ObservedCall
 from curvlab_plugins.natgrad.output_roots import exact_roots, mc_roots
@@ -111,15 +113,54 @@ def coupling_modules(model: nn.Module) -> list[str]:
 
 @dataclass(frozen=True)
 class Observation:
-    """What one closure call gives the update: the (model, loss) calls and the loss scale.
+    r"""What one closure call gives the update: the (model, loss) calls and the loss scale.
 
     Attributes:
         calls: The observed calls (:class:`~curvlab_plugins.natgrad.observation.ObservedCall`).
         scale: :math:`s` measured by :class:`~curvlab.curvature.loss_scale.LossScaleProbe`.
+        rng: The Monte-Carlo generator's advanced state (``None`` for the true Fisher);
+            committed only if the step is applied.
+        columns: :math:`M = \sum N K`, the columns of :math:`U`.
     """
 
     calls: list[ObservedCall]
     scale: LossScale
+    rng: Tensor | None
+    columns: int
+
+
+class _Roots:
+    """The observer's root callable for one closure call: exact, or sampled from the private stream."""
+
+    def __init__(self, opt: NaturalGradient) -> None:
+        self.opt = opt
+        self.generator: torch.Generator | None = None
+        self.columns = 0
+
+    def __call__(self, f: Tensor, targets: Any) -> Tensor:
+        opt, hp = self.opt, self.opt.optimizer_hparams
+        k = hp["mc_samples"] if hp["fisher_type"] == "mc" else num_exact_columns(opt.loss_fn, f)
+        self.columns += int(f.shape[0]) * k
+        if self.columns > hp["max_columns"]:
+            raise ValueError(
+                f"{opt.name}: the Gram matrix would have {self.columns} columns (N·K over the "
+                f"batch, K = {k} per example), above max_columns={hp['max_columns']}; use "
+                "fisher_type='mc' (K = mc_samples), a smaller batch, or raise max_columns"
+            )
+        if hp["fisher_type"] == "true":
+            return exact_roots(opt.loss_fn, f, targets)
+        if self.generator is None:
+            self.generator = torch.Generator(device=f.device)
+            state = opt.curv_state["rng"]
+            if state is None:
+                self.generator.manual_seed(opt.curv_state["seed"])
+            else:
+                self.generator.set_state(state)
+        return mc_roots(opt.loss_fn, f, self.generator, hp["mc_samples"], targets)
+
+    def rng_state(self) -> Tensor | None:
+        """The advanced generator state (``None``: nothing sampled)."""
+        return None if self.generator is None else self.generator.get_state()
 
 
 class NaturalGradient(CurvatureOptimizer):
@@ -130,18 +171,21 @@ class NaturalGradient(CurvatureOptimizer):
         >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
         >>> loss_fn = torch.nn.CrossEntropyLoss()
-        >>> x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
-        >>> opt = curvlab.create("natgrad", model, loss_fn, lr=0.5, damping=1e-2)
-        >>> losses = [opt.step(curvlab.closure(model, loss_fn, x, y)).item() for _ in range(10)]
+        >>> x = torch.randn(32, 4)
+        >>> y = (x @ torch.randn(4, 3)).argmax(1)                # a learnable labelling
+        >>> opt = curvlab.create("natgrad", model, loss_fn)   # true Fisher, λ = 1, lr 0.1, μ 0.9
+        >>> losses = [opt.step(curvlab.closure(model, loss_fn, x, y)).item() for _ in range(20)]
         >>> losses[-1] < 0.5 * losses[0]
         True
+        >>> opt.stats["fisher_columns"]    # N·K = 32 examples × 3 classes
+        96.0
     """
 
     name = "natgrad"
     schema = Schema(
         [
             HParam("lr", float, 0.1, "step size α", low=0.0, grid=(1.0, 0.3, 0.1, 0.03)),
-            HParam("damping", float, 1e-2, "Tikhonov damping λ in (F + λI)⁻¹ g", low=0.0,
+            HParam("damping", float, 1.0, "Tikhonov damping λ in (F + λI)⁻¹ g", low=0.0,
                    low_open=True, grid=(1.0, 0.1, 0.01, 0.001)),
             HParam("relative_damping", bool, False,
                    "λ relative to the (block's) mean eigenvalue tr F / P", scope=OPTIMIZER),
@@ -152,7 +196,7 @@ class NaturalGradient(CurvatureOptimizer):
                    low=1, scope=OPTIMIZER),
             HParam("block_diagonal", bool, False,
                    "one Woodbury solve per layer instead of the full Fisher", scope=OPTIMIZER),
-            HParam("momentum", float, 0.0, "heavy-ball coefficient μ", low=0.0, high=1.0,
+            HParam("momentum", float, 0.9, "heavy-ball coefficient μ", low=0.0, high=1.0,
                    high_open=True),
             HParam("weight_decay", float, 0.0, "L2 coefficient added after preconditioning",
                    low=0.0),
@@ -176,7 +220,7 @@ class NaturalGradient(CurvatureOptimizer):
         losses=("MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss"),
         requires_closure=True,
         needs_loss_fn=True,
-        conformance={"lr": 0.5, "damping": 0.01},
+        conformance={"lr": 0.5, "damping": 0.01, "momentum": 0.0},
         tags=("second-order", "natural-gradient", "exact", "torch.func"),
     )
 
@@ -208,8 +252,9 @@ class NaturalGradient(CurvatureOptimizer):
             for p in module.parameters(recurse=False):
                 owner.setdefault(id(p), mname)
         self.owner = owner
+        #: ``Linear`` layers whose columns are Kronecker-structured when observed exactly.
+        self.linear = {name: m for name, m in self.coverage.layers.items() if type(m) is nn.Linear}
         self.probe = LossScaleProbe(self.loss_fn, who=self.name)
-        self.observer = ClosureObserver(model, self.loss_fn, who=self.name)
         self.curv_state.update({"step": 0})
         if hp["fisher_type"] == "mc":
             self.curv_state.update({"seed": derive_seed(), "rng": None})
@@ -224,10 +269,14 @@ class NaturalGradient(CurvatureOptimizer):
 
     # --------------------------------------------------------------- closure
     def _evaluate(self, closure: Callable[..., Tensor]) -> Evaluation[Observation]:
-        self._refuse_coupling(self.require_model())
-        with self.observer, self.probe:
+        model = self.require_model()
+        self._refuse_coupling(model)
+        roots = _Roots(self)
+        observer = ClosureObserver(model, self.loss_fn, layers=self.linear, roots=roots,
+                                   who=self.name)
+        with observer, self.probe:
             loss = call_closure(closure, who=self.name)
-        calls = self.observer.calls()
+        calls = observer.calls()
         if isinstance(loss, Tensor) and not all_finite([loss.detach()]):
             return Evaluation(loss, None)  # the base class skips the step
         try:
@@ -236,63 +285,68 @@ class NaturalGradient(CurvatureOptimizer):
             if not all_finite(self._grads()):
                 return Evaluation(loss, None)  # the base class skips the non-finite gradient
             raise
-        return Evaluation(loss, Observation(calls, scale))
+        return Evaluation(loss, Observation(calls, scale, roots.rng_state(), roots.columns))
 
     # ---------------------------------------------------------------- update
-    def _roots(self, call: ObservedCall, generator: torch.Generator | None) -> Tensor:
-        hp = self.optimizer_hparams
-        if hp["fisher_type"] == "mc":
-            return mc_roots(self.loss_fn, call.outputs, generator, hp["mc_samples"], call.targets)
-        return exact_roots(self.loss_fn, call.outputs, call.targets)
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        gen = torch.Generator(device=device)
-        state = self.curv_state["rng"]
-        if state is None:
-            gen.manual_seed(self.curv_state["seed"])
-        else:
-            gen.set_state(state)
-        return gen
-
-    def _columns(
-        self, observation: Observation, active: list[Tensor]
-    ) -> tuple[dict[int, Tensor], int, Tensor | None]:
-        """``{id(p): U_p (M, *p.shape)}`` over all observed calls, ``M``, the advanced RNG state."""
-        model = self.require_model()
-        hp = self.optimizer_hparams
+    def _columns(self, observation: Observation, active: list[Tensor]) -> dict[int, Columns]:
+        """:math:`U_i` for every active parameter over all observed calls (rows call-major)."""
         calls = observation.calls
-        per_example = [self._columns_per_example(c) for c in calls]
-        total = sum(c.examples * k for c, k in zip(calls, per_example))
-        if total > hp["max_columns"]:
-            raise ValueError(
-                f"{self.name}: the Gram matrix would have {total} columns (N·K over the batch), "
-                f"above max_columns={hp['max_columns']}; use fisher_type='mc' (K = mc_samples), "
-                "a smaller batch, or raise max_columns"
-            )
-        params = {self.param_names[id(p)]: p for p in active}
-        scale = math.sqrt(observation.scale.scale)
-        gen = self._generator(calls[0].outputs.device) if hp["fisher_type"] == "mc" else None
-        parts: dict[int, list[Tensor]] = {id(p): [] for p in active}
+        root = math.sqrt(observation.scale.scale)
+        structured = set.intersection(*(
+            {name for name, rec in c.layers.items() if rec.grads is not None} for c in calls
+        ))
+        fast: dict[int, tuple[str, str]] = {}
+        for name in structured:
+            layer = self.linear[name]
+            for kind in ("weight", "bias"):
+                p = getattr(layer, kind)
+                if p is not None and any(p is q for q in active):
+                    fast[id(p)] = (name, kind)
+        generic = [p for p in active if id(p) not in fast]
+        dense: dict[int, list[Tensor]] = {id(p): [] for p in active}
+        inputs: dict[str, list[Tensor]] = {name: [] for name in structured}
+        example, offset = [], 0
         for call in calls:
-            roots = self._roots(call, gen) * scale
-            try:
-                outputs, cols = fisher_columns(model, params, call, roots)
-            except (RuntimeError, NotImplementedError) as err:
-                raise ValueError(
-                    f"{self.name} could not recompute the model example by example with "
-                    f"torch.func (functional_call + vmap): {err}"
-                ) from err
-            self._check_outputs(outputs, call.outputs)
-            for p in active:
-                c = cols[self.param_names[id(p)]]
-                parts[id(p)].append(c.reshape(-1, *p.shape))
-        columns = {k: torch.cat(v) if len(v) > 1 else v[0] for k, v in parts.items()}
-        return columns, total, None if gen is None else gen.get_state()
+            k = call.roots.shape[1]
+            device = call.outputs.device
+            example.append(torch.arange(offset, offset + call.examples, device=device)
+                           .repeat_interleave(k))
+            offset += call.examples
+            for name in structured:
+                rec = call.layers[name]
+                inputs[name].append(rec.inputs)
+                g = rec.grads.reshape(-1, rec.grads.shape[-1]) * root
+                bias = self.linear[name].bias
+                if bias is not None and id(bias) in fast:
+                    dense[id(bias)].append(g)
+                dense.setdefault(("G", name), []).append(g)  # type: ignore[call-overload]
+            if generic:
+                for p, cols in zip(generic, self._generic_columns(call, generic, root)):
+                    dense[id(p)].append(cols)
+        out: dict[int, Columns] = {}
+        rows = torch.cat(example)
+        for p in active:
+            if fast.get(id(p), ("", ""))[1] == "weight":
+                name = fast[id(p)][0]
+                out[id(p)] = KroneckerColumns(torch.cat(dense[("G", name)]),  # type: ignore[index]
+                                              torch.cat(inputs[name]), rows)
+            else:
+                out[id(p)] = DenseColumns(torch.cat(dense[id(p)]))
+        return out
 
-    def _columns_per_example(self, call: ObservedCall) -> int:
-        if self.optimizer_hparams["fisher_type"] == "mc":
-            return self.optimizer_hparams["mc_samples"]
-        return num_exact_columns(self.loss_fn, call.outputs)
+    def _generic_columns(self, call: ObservedCall, generic: list[Tensor], root: float) -> list[Tensor]:
+        """Columns ``(N·K, *p.shape)`` of ``generic`` by the per-example recomputation."""
+        params = {self.param_names[id(p)]: p for p in generic}
+        try:
+            with torch.enable_grad():
+                outputs, cols = fisher_columns(self.require_model(), params, call, call.roots * root)
+        except (RuntimeError, NotImplementedError) as err:
+            raise ValueError(
+                f"{self.name} could not recompute the model example by example with "
+                f"torch.func (functional_call + vmap): {err}"
+            ) from err
+        self._check_outputs(outputs, call.outputs)
+        return [cols[self.param_names[id(p)]].reshape(-1, *p.shape) for p in generic]
 
     def _check_outputs(self, outputs: Tensor, observed: Tensor) -> None:
         if outputs.shape != observed.shape:
@@ -331,8 +385,9 @@ class NaturalGradient(CurvatureOptimizer):
             )
         if not observation.calls:
             raise ValueError(f"{self.name}: the closure did not call the model and loss_fn")
-        with torch.enable_grad():
-            columns, total, rng = self._columns(observation, active)
+        if any(c.roots is None for c in observation.calls):
+            return Skip("non-finite network outputs")
+        columns = self._columns(observation, active)
         blocks = self._blocks(active)
         grads = {id(p): p.grad for p in active}
         directions: dict[Tensor, Tensor] = {}
@@ -347,10 +402,10 @@ class NaturalGradient(CurvatureOptimizer):
             directions.update({p: solved[id(p)] for p in block})
         if not momentum_step_(self, directions):
             return Skip("non-finite update (overflow of lr · direction)")
-        if rng is not None:
-            self.curv_state["rng"] = rng
+        if observation.rng is not None:
+            self.curv_state["rng"] = observation.rng
         self.curv_state["step"] += 1
-        return Step(values={"fisher_columns": float(total), "loss_scale": s})
+        return Step(values={"fisher_columns": float(observation.columns), "loss_scale": s})
 
     def _blocks(self, active: list[Tensor]) -> list[list[Tensor]]:
         if not self.optimizer_hparams["block_diagonal"]:
@@ -360,7 +415,7 @@ class NaturalGradient(CurvatureOptimizer):
             by_layer.setdefault(self.owner[id(p)], []).append(p)
         return list(by_layer.values())
 
-    def _damping(self, block: list[Tensor], columns: dict[int, Tensor]) -> dict[int, float] | None:
+    def _damping(self, block: list[Tensor], columns: dict[int, Columns]) -> dict[int, float] | None:
         lam = {id(p): float(self.coverage.group(p)["damping"]) for p in block}
         if not self.optimizer_hparams["relative_damping"]:
             return lam

@@ -19,9 +19,12 @@ as the rows (:math:`M \ge P`, e.g. logistic regression on a large batch),
 the :math:`P \times P` system :math:`(D + UU^\top)\,x = g` is smaller and is
 solved instead (same result, cost :math:`P^2 M` instead of :math:`M^2 P`).
 
-Numerics: the products :math:`U_i^\top U_i` and :math:`U_i^\top g_i` run in
-the parameters' dtype (BLAS speed), are accumulated, symmetrised and solved in
-float64; :math:`g - Uz` is formed in float64 and cast back.
+:math:`U` comes as one :class:`~curvlab_plugins.natgrad.columns.Columns` per
+parameter tensor (dense, or Kronecker-structured for ``Linear`` weights).
+Numerics: the products :math:`U_i^\top U_i / \lambda_i` and
+:math:`U_i^\top g_i / \lambda_i` run and are summed in the parameters' dtype
+(BLAS speed), then converted once, symmetrised and solved in float64;
+:math:`g - Uz` is formed in float64 and cast back.
 """
 
 from __future__ import annotations
@@ -33,32 +36,33 @@ import torch
 from torch import Tensor
 
 from curvlab.curvature.finite import all_finite
+from curvlab_plugins.natgrad.columns import Columns
 
 __all__ = ["damped_solve", "gram_trace"]
 
 K = TypeVar("K")
 
 
-def gram_trace(columns: Mapping[K, Tensor], keys: Sequence[K]) -> float:
+def gram_trace(columns: Mapping[K, Columns], keys: Sequence[K]) -> float:
     r""":math:`\operatorname{tr}(U^\top U) = \operatorname{tr} F` over the rows ``keys`` (float64).
 
     Example:
-        >>> gram_trace({"w": torch.tensor([[1.0, 2.0], [0.0, 3.0]])}, ["w"])
+        >>> from curvlab_plugins.natgrad.columns import DenseColumns
+        >>> gram_trace({"w": DenseColumns(torch.tensor([[1.0, 2.0], [0.0, 3.0]]))}, ["w"])
         14.0
     """
-    return float(sum(columns[k].double().pow(2).sum() for k in keys))
+    return sum(columns[k].sq_norm() for k in keys)
 
 
 def damped_solve(
-    columns: Mapping[K, Tensor], grads: Mapping[K, Tensor], damping: Mapping[K, float],
+    columns: Mapping[K, Columns], grads: Mapping[K, Tensor], damping: Mapping[K, float],
 ) -> dict[K, Tensor] | None:
     r""":math:`(D + U U^\top)^{-1} g` blockwise by rows (module docstring).
 
     Args:
-        columns: ``{key: U_i}`` with ``U_i`` of shape ``(M, *shape_i)``: the
-            rows of :math:`U^\top` that belong to tensor ``i`` (the same
-            :math:`M` columns for every key).
-        grads: ``{key: g_i}`` of shape ``shape_i``.
+        columns: ``{key: U_i}``: the rows of :math:`U^\top` that belong to
+            tensor ``i`` (the same :math:`M` columns for every key).
+        grads: ``{key: g_i}`` shaped like the parameter.
         damping: ``{key: λ_i > 0}``.
 
     Returns:
@@ -66,7 +70,8 @@ def damped_solve(
         solve failed or a result is not finite.
 
     Example:
-        >>> u = torch.tensor([[1.0, 1.0]], dtype=torch.float64)       # F = u uᵀ, one column
+        >>> from curvlab_plugins.natgrad.columns import DenseColumns
+        >>> u = DenseColumns(torch.tensor([[1.0, 1.0]], dtype=torch.float64))  # F = u uᵀ, M = 1
         >>> x = damped_solve({"w": u}, {"w": torch.tensor([2.0, 0.0], dtype=torch.float64)},
         ...                  {"w": 1.0})
         >>> x["w"].mul(3).round(decimals=12).tolist()   # 3 (F + I)⁻¹ g, dense: [4, -2]
@@ -75,48 +80,59 @@ def damped_solve(
     keys = list(grads)
     if not keys:
         return {}
-    rows = {k: columns[k].reshape(columns[k].shape[0], -1) for k in keys}
-    m = rows[keys[0]].shape[0]
-    if m >= sum(r.shape[1] for r in rows.values()):
-        return _primal_solve(rows, grads, damping)
-    device = rows[keys[0]].device
-    system = torch.eye(m, dtype=torch.float64, device=device)
-    rhs = torch.zeros(m, dtype=torch.float64, device=device)
-    for k in keys:
-        u, g, lam = rows[k], grads[k].reshape(-1), float(damping[k])
-        system += (u @ u.T).double() / lam
-        rhs += (u @ g.to(u.dtype)).double() / lam
+    m = columns[keys[0]].size
+    if m >= sum(grads[k].numel() for k in keys):
+        return _primal_solve(columns, grads, damping)
+    gram = rhs = None
+    for k in keys:  # accumulated in the columns' dtype, converted once
+        u, scale = columns[k], 1.0 / float(damping[k])
+        term, proj = u.gram().mul_(scale), u.project(grads[k]).mul_(scale)
+        gram = term if gram is None else gram.add_(term)
+        rhs = proj if rhs is None else rhs.add_(proj)
+    system = gram.double()
     system = 0.5 * (system + system.T)
+    system.diagonal().add_(1.0)
+    rhs = rhs.double()
     chol, info = torch.linalg.cholesky_ex(system)
     if int(info) != 0 or not all_finite([chol, rhs]):
         return None
     z = torch.cholesky_solve(rhs[:, None], chol)[:, 0]
     out = {}
     for k in keys:
-        u, g, lam = rows[k], grads[k], float(damping[k])
-        uz = (u.T @ z.to(u.dtype)).double()
-        out[k] = ((g.reshape(-1).double() - uz) / lam).to(g.dtype).view_as(g)
+        g, lam = grads[k], float(damping[k])
+        uz = columns[k].expand(z).double()
+        out[k] = ((g.double() - uz) / lam).to(g.dtype).view_as(g)
     return out if all_finite(list(out.values())) else None
 
 
 def _primal_solve(
-    rows: Mapping[K, Tensor], grads: Mapping[K, Tensor], damping: Mapping[K, float]
+    columns: Mapping[K, Columns], grads: Mapping[K, Tensor], damping: Mapping[K, float]
 ) -> dict[K, Tensor] | None:
-    r""":math:`(D + UU^\top)^{-1} g` by the :math:`P \times P` Cholesky factorisation (``M >= P``)."""
+    r""":math:`(D + UU^\top)^{-1} g` by the :math:`P \times P` Cholesky factorisation (``M >= P``).
+
+    :math:`F = UU^\top` is assembled block by block from
+    :meth:`~curvlab_plugins.natgrad.columns.Columns.cross` (Kronecker-aware).
+    """
     keys = list(grads)
-    u = torch.cat([rows[k] for k in keys], dim=1)
-    lam = torch.cat([torch.full((rows[k].shape[1],), float(damping[k]), dtype=torch.float64,
-                                device=u.device) for k in keys])
+    sizes = [grads[k].numel() for k in keys]
+    starts = [sum(sizes[:i]) for i in range(len(keys))]
+    device = grads[keys[0]].device
+    system = torch.zeros(sum(sizes), sum(sizes), dtype=torch.float64, device=device)
+    for a, ka in enumerate(keys):
+        for b in range(a, len(keys)):
+            block = columns[ka].cross(columns[keys[b]]).double()
+            ra, rb = slice(starts[a], starts[a] + sizes[a]), slice(starts[b], starts[b] + sizes[b])
+            system[ra, rb] = block
+            if b != a:
+                system[rb, ra] = block.T
+    system = 0.5 * (system + system.T)
+    lam = torch.cat([torch.full((n,), float(damping[k]), dtype=torch.float64, device=device)
+                     for k, n in zip(keys, sizes)])
+    system.diagonal().add_(lam)
     g = torch.cat([grads[k].reshape(-1).double() for k in keys])
-    system = (u.T @ u).double()
-    system = 0.5 * (system + system.T) + torch.diag(lam)
     chol, info = torch.linalg.cholesky_ex(system)
     if int(info) != 0 or not all_finite([chol]):
         return None
     x = torch.cholesky_solve(g[:, None], chol)[:, 0]
-    out, start = {}, 0
-    for k in keys:
-        n = grads[k].numel()
-        out[k] = x[start:start + n].to(grads[k].dtype).view_as(grads[k])
-        start += n
+    out = {k: x[s:s + n].to(grads[k].dtype).view_as(grads[k]) for k, s, n in zip(keys, starts, sizes)}
     return out if all_finite(list(out.values())) else None

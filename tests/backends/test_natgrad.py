@@ -15,6 +15,7 @@ from curvlab import reference as ref
 from curvlab.optimizer import NonFiniteStepWarning
 from curvlab.testing.cases import backend_cases
 from curvlab.testing.conformance import assert_state_equal
+from curvlab_plugins.natgrad.columns import DenseColumns, KroneckerColumns
 from curvlab_plugins.natgrad.jacobians import fisher_columns
 from curvlab_plugins.natgrad.observation import ObservedCall
 from curvlab_plugins.natgrad.output_roots import exact_roots, mc_roots, sample_targets
@@ -166,7 +167,22 @@ ARCHITECTURES = [
      lambda g: torch.randint(0, 6, (4, 2), generator=g)),
     ("inplace-relu", lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(inplace=True), nn.Linear(4, 3)),
      lambda g: torch.randn(4, 3, generator=g, dtype=F64)),
+    # Linear on (N, T, d) inputs and a Linear called twice: the generic recomputation, not (a, g)
+    ("sequence-linear", lambda: nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Flatten(), nn.Linear(8, 3)),
+     lambda g: torch.randn(4, 2, 3, generator=g, dtype=F64)),
+    ("shared-linear", lambda: Twice(), lambda g: torch.randn(4, 3, generator=g, dtype=F64)),
 ]
+
+
+class Twice(nn.Module):
+    """One Linear applied twice (tied weights), then a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.head = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.lin(torch.tanh(self.lin(x)))))
 
 
 @pytest.mark.parametrize("build,inputs", [a[1:] for a in ARCHITECTURES], ids=[a[0] for a in ARCHITECTURES])
@@ -283,6 +299,24 @@ def test_block_diagonal_equals_full_on_one_layer(fisher_type, n):
     torch.testing.assert_close(steps[0], steps[1], rtol=1e-10, atol=1e-13)
 
 
+def test_kronecker_columns_equal_their_dense_rows():
+    gen = torch.Generator().manual_seed(2)
+    G, A = torch.randn(6, 3, generator=gen, dtype=F64), torch.randn(4, 5, generator=gen, dtype=F64)
+    k = KroneckerColumns(G, A, torch.tensor([0, 0, 1, 2, 3, 3]))
+    d = DenseColumns(k.dense().view(6, 3, 5))
+    for u in (G[0][:, None] * A[0][None, :], G[2][:, None] * A[1][None, :]):   # columns 0 and 2
+        assert any(torch.allclose(row.view(3, 5), u) for row in d.rows)
+    g, z = torch.randn(3, 5, generator=gen, dtype=F64), torch.randn(6, generator=gen, dtype=F64)
+    torch.testing.assert_close(k.gram(), d.gram())
+    torch.testing.assert_close(k.project(g), d.project(g))
+    torch.testing.assert_close(k.expand(z), d.expand(z))
+    assert k.sq_norm() == pytest.approx(d.sq_norm(), rel=1e-12)
+    other = DenseColumns(torch.randn(6, 4, generator=gen, dtype=F64))
+    torch.testing.assert_close(k.cross(k), d.cross(d))
+    torch.testing.assert_close(k.cross(other), d.cross(other))
+    torch.testing.assert_close(other.cross(k), other.cross(d))
+
+
 @pytest.mark.parametrize("columns", [2, 12], ids=["woodbury", "primal"])
 def test_damped_solve_both_paths_match_dense(columns):
     gen = torch.Generator().manual_seed(1)
@@ -290,13 +324,13 @@ def test_damped_solve_both_paths_match_dense(columns):
          "b": torch.randn(columns, 4, generator=gen, dtype=F64)}
     g = {"a": torch.randn(2, 3, generator=gen, dtype=F64), "b": torch.randn(4, generator=gen, dtype=F64)}
     lam = {"a": 0.5, "b": 0.01}
-    x = damped_solve(U, g, lam)
+    x = damped_solve({k: DenseColumns(u) for k, u in U.items()}, g, lam)
     Uf = torch.cat([U["a"].reshape(columns, -1), U["b"]], 1).T
     D = torch.diag(torch.tensor([0.5] * 6 + [0.01] * 4, dtype=F64))
     dense = torch.linalg.solve(D + Uf @ Uf.T, torch.cat([g["a"].reshape(-1), g["b"]]))
     torch.testing.assert_close(torch.cat([x["a"].reshape(-1), x["b"]]), dense)
     U["b"][0, 0] = float("nan")
-    assert damped_solve(U, g, lam) is None
+    assert damped_solve({k: DenseColumns(u) for k, u in U.items()}, g, lam) is None
 
 
 # ----------------------------------------------------------------- Monte Carlo
@@ -514,8 +548,9 @@ def test_closures_it_cannot_read_are_refused_at_the_step(make, message):
 
 
 def test_hidden_randomness_and_late_train_mode_are_refused():
+    """Randomness the per-example recomputation cannot reproduce (here before a LayerNorm)."""
     x, y, loss_fn = torch.randn(4, 3), torch.randint(0, 3, (4,)), nn.CrossEntropyLoss()
-    model = _mlp_with(Noisy())
+    model = _mlp_with(Noisy(), nn.LayerNorm(4))
     opt = curvlab.create("natgrad", model, loss_fn)
     with pytest.raises(ValueError, match="torch.func|differs"):
         opt.step(curvlab.closure(model, loss_fn, x, y))
