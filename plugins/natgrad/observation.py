@@ -22,7 +22,8 @@ hand to the optimizer. :class:`ClosureObserver` watches the closure call:
 A ``Linear`` layer gets its :math:`(a_n, g_{n,k})` (the Kronecker-structured
 columns of :mod:`~curvlab_plugins.natgrad.columns`) only where that is exact:
 called once in the model call, on a 2-D input with one row per example, its
-output not a view. Otherwise its parameters go through the generic
+output not a view, and its parameters used nowhere else in the graph of the
+model's output (tied or functionally reused weights). Otherwise its parameters go through the generic
 per-example recomputation (:mod:`~curvlab_plugins.natgrad.jacobians`).
 
 Nothing is guessed: a loss input that is not the very output tensor of a
@@ -96,6 +97,24 @@ class ObservedCall:
         return int(self.outputs.shape[0])
 
 
+def _parameter_uses(f: Tensor) -> dict[int, int]:
+    """``id(leaf)`` → how many autograd nodes of ``f``'s graph consume that leaf directly."""
+    uses: dict[int, int] = {}
+    seen, stack = set(), [f.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            variable = getattr(child, "variable", None)
+            if variable is not None:
+                uses[id(variable)] = uses.get(id(variable), 0) + 1
+            else:
+                stack.append(child)
+    return uses
+
+
 def _detach(value: Any) -> Any:
     return value.detach() if isinstance(value, Tensor) else value
 
@@ -148,14 +167,14 @@ class ClosureObserver:
         if self._handles:
             raise RuntimeError("ClosureObserver is not re-entrant")
         self._open, self._model_calls, self._observed = [], [], []
-        self._handles = [
-            self.model.register_forward_pre_hook(self._enter_model, with_kwargs=True),
+        self._handles = [self.model.register_forward_pre_hook(self._enter_model, with_kwargs=True)]
+        for name, layer in self.layers.items():  # before the model's hook: the model may be a layer
+            self._handles.append(layer.register_forward_hook(
+                lambda m, args, out, n=name: self._on_layer(n, args, out)))
+        self._handles += [
             self.model.register_forward_hook(self._exit_model, with_kwargs=True),
             self.loss_fn.register_forward_hook(self._on_loss, with_kwargs=True),
         ]
-        for name, layer in self.layers.items():
-            self._handles.append(layer.register_forward_hook(
-                lambda m, args, out, n=name: self._on_layer(n, args, out)))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -209,6 +228,10 @@ class ClosureObserver:
         names = [item[0] for item in call.linear]
         usable = [item for item in call.linear
                   if names.count(item[0]) == 1 and item[2] is not None and item[1].shape[0] == n]
+        if usable and f.grad_fn is not None:  # a weight also used outside its layer: not (a, g)
+            uses = _parameter_uses(f)
+            usable = [item for item in usable
+                      if all(uses.get(id(p), 0) <= 1 for p in self.layers[item[0]].parameters())]
         if not usable:
             return {}
         if roots is None or not f.requires_grad:

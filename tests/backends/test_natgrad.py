@@ -134,14 +134,17 @@ def test_step_equals_dense_damped_fisher_solve(fisher_type, block_diagonal, loss
     assert opt.stats["steps"] == 1 and opt.stats["fisher_columns"] == 15   # N·K, K = 3 either way
 
 
-SMALL_ROWS = [
-    pytest.param(c, id=c.id) for c in backend_cases()
-    if sum(p.numel() for p in c.instantiate(batch=1).model.parameters()) <= 2000
+SMALL_ROWS = [c for c in backend_cases()
+              if sum(p.numel() for p in c.instantiate(batch=1).model.parameters()) <= 2000]
+# every small row of the shared table with the full Fisher; the block variant (covered by the
+# grid above) on the rows whose layer structure differs: frozen and absent biases
+TABLE = [pytest.param(c, False, id=f"{c.id}-full") for c in SMALL_ROWS] + [
+    pytest.param(c, True, id=f"{c.id}-block") for c in SMALL_ROWS
+    if c.model.name in ("frozen-bias", "no-bias")
 ]
 
 
-@pytest.mark.parametrize("block_diagonal", [False, True], ids=["full", "block"])
-@pytest.mark.parametrize("case", SMALL_ROWS)
+@pytest.mark.parametrize("case,block_diagonal", TABLE)
 def test_case_table_rows_match_dense_fisher(case, block_diagonal):
     """Every small row of the shared case table (models × losses × reductions), true Fisher."""
     p = case.instantiate(batch=4)
@@ -171,7 +174,19 @@ ARCHITECTURES = [
     ("sequence-linear", lambda: nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Flatten(), nn.Linear(8, 3)),
      lambda g: torch.randn(4, 2, 3, generator=g, dtype=F64)),
     ("shared-linear", lambda: Twice(), lambda g: torch.randn(4, 3, generator=g, dtype=F64)),
+    ("reused-weight", lambda: Reused(), lambda g: torch.randn(4, 3, generator=g, dtype=F64)),
 ]
+
+
+class Reused(nn.Module):
+    """A Linear whose weight is also used functionally outside the layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.head = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.lin(x))) + nn.functional.linear(x, self.lin.weight)
 
 
 class Twice(nn.Module):
