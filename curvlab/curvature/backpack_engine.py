@@ -2,12 +2,12 @@ r"""BackPACK's ``KFAC``/``KFLR`` as a :class:`~curvlab.curvature.factor_engine.F
 
 The path K-FAC has used so far, behind the shared interface: during
 :meth:`BackpackEngine.capture` BackPACK's hooks are installed
-(:class:`curvlab_plugins.kfac.hooks.BackpackHooks`) and the closure runs under
+(:class:`curvlab.curvature.backpack_hooks.BackpackHooks`) and the closure runs under
 ``with backpack(KFAC(mc_samples))`` (``"mc"``) or ``KFLR()`` (``"exact"``);
 the loss's module extension is wrapped in
-:class:`curvlab_plugins.kfac.seeded.SeededLossExtension` (private RNG state)
+:class:`curvlab.curvature.backpack_sampling.SeededLossExtension` (private RNG state)
 and ``BCEWithLogitsLoss`` uses the soft-target, many-output extension
-:class:`curvlab_plugins.kfac.backpack_bce.HBPSoftBCEWithLogitsLoss`.
+:class:`curvlab.curvature.backpack_bce.HBPSoftBCEWithLogitsLoss`.
 BackPACK leaves ``weight.kfac = [G, A]`` and ``bias.kfac = [G]``; they are
 converted to the engine convention of :mod:`~curvlab.curvature.layer_factors`:
 
