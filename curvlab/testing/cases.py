@@ -201,6 +201,10 @@ class BackendCase:
         return CaseProblem(model, self.loss.build(self.reduction), x, y)
 
 
+#: natgrad's refusal of a model whose loss rows (tokens) are not its input rows (sequences)
+_PER_TOKEN = "recomputes the model example by example and needs every tensor input with the batch"
+
+
 def _frozen_first_bias(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
     def make() -> nn.Module:
         model = build()
@@ -377,16 +381,19 @@ MODELS: tuple[ModelCase, ...] = (
               coverage={"0.weight": _K, "0.bias": _F, "2.weight": _K, "2.bias": _K},
               note="the first layer's bias has requires_grad=False"),
     ModelCase("tiny-gpt", TinyGPT, (4,), 11, vocab=11,
-              refused={"kbfgs": "Embedding at model.tok", "kbfgsl": "Embedding at model.tok"},
+              refused={"kbfgs": "Embedding at model.tok", "kbfgsl": "Embedding at model.tok",
+                       "natgrad": _PER_TOKEN},
               coverage=_gpt_coverage(tied=False),
               note="a one-block GPT: token/position Embedding, LayerNorm, causal attention from "
                    "nn.Linear, GELU MLP, per-token logits"),
     ModelCase("tiny-gpt-tied", lambda: TinyGPT(tied=True), (4,), 11, vocab=11,
-              refused={"kbfgs": "Embedding at model.tok", "kbfgsl": "Embedding at model.tok"},
+              refused={"kbfgs": "Embedding at model.tok", "kbfgsl": "Embedding at model.tok",
+                       "natgrad": _PER_TOKEN},
               coverage=_gpt_coverage(tied=True),
               note="the same with nanoGPT's tied token embedding and lm_head (two roles: fallback)"),
     ModelCase("resnet-bn", ResNetBlockBN, (1, 6, 6), 3,
-              refused={"kbfgs": "Conv2d at model.stem", "kbfgsl": "Conv2d at model.stem"},
+              refused={"kbfgs": "Conv2d at model.stem", "kbfgsl": "Conv2d at model.stem",
+                       "natgrad": "cannot handle BatchNorm2d at model.bn0"},
               coverage={"stem.weight": _K, "conv1.weight": _K, "conv2.weight": _K,
                         **_all(_U, *_layers("bn0", "bn1", "bn2")), **_all(_K, *_layers("head"))},
               note="bias-free convolutions with BatchNorm, a residual block, in-place ReLU"),
