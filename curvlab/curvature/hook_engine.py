@@ -269,8 +269,9 @@ class _Run:
         self.loss_calls += 1
         if self.loss_calls > 1:
             raise ValueError(
-                f"{self.engine.who}: loss_fn was called twice in one closure call; the hook engine "
-                "captures one loss evaluation per factor step (no micro-batches)"
+                f"{self.engine.who}: loss_fn was called twice in one closure call (or, in the plain "
+                "loop, between two step() calls); the hook engine captures one loss evaluation per "
+                "factor step (no micro-batches; run evaluations under torch.no_grad())"
             )
         f = args[0]
         if not f.requires_grad:

@@ -17,7 +17,11 @@ view        block                                        direction
 Damping (a block's :math:`\lambda` is its param group's ``damping``):
 
 * two factors: :math:`\lambda_A\lambda_G = \lambda`, split by the
-  π-heuristic or equally (:func:`~curvlab.curvature.tikhonov.split_damping`);
+  π-heuristic or equally (:func:`~curvlab.curvature.tikhonov.split_damping`),
+  or ``"standard"``: the exact :math:`(G \otimes A + \lambda I)^{-1}` through
+  the factors' eigenbases (:mod:`~curvlab.curvature.eigen_damping`; the
+  entry keeps ``A_eig``/``A_vec``/``G_eig``/``G_vec`` and ``damping``
+  instead of ``A_inv``/``G_inv``);
   :math:`\operatorname{tr}A/\dim A` of an ``Embedding``'s diagonal
   :math:`A` is the mean token frequency, so π means the same for every
   Kronecker block;
@@ -48,6 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from curvlab.curvature.eigen_damping import damped_kron_solve, eigen_factor
 from curvlab.curvature.ema import ema_update
 from curvlab.curvature.finite import all_finite
 from curvlab.curvature.inverse import damped_inverse
@@ -87,7 +92,8 @@ class KroneckerPreconditioner:
 
     Args:
         blocks: The blocks (built once from the model).
-        heuristic: Damping split for two-factor blocks, ``"pi"`` or ``"equal"``.
+        heuristic: Damping of two-factor blocks: ``"pi"`` or ``"equal"``
+            (split between the factors), ``"standard"`` (exact, eigenbases).
         relative_damping: Scale :math:`\lambda` by the block's mean eigenvalue
             (:func:`mean_eigenvalue`) before splitting it.
         inverse_method: ``"cholesky"`` or ``"eigh"`` (:func:`~curvlab.curvature.inverse.damped_inverse`).
@@ -161,7 +167,8 @@ class KroneckerPreconditioner:
             damping = damping * max(mean_eigenvalue(A, G, U), torch.finfo(torch.float32).tiny)
         if U is not None:
             return {"U": damping}
-        lam_a, lam_g = split_damping(damping, A, G, self.heuristic)
+        lam_a, lam_g = split_damping(damping, A, G,
+                                     "pi" if self.heuristic == "standard" else self.heuristic)
         return {f: lam for f, lam, x in (("A", lam_a, A), ("G", lam_g, G)) if x is not None}
 
     def invert(
@@ -184,6 +191,19 @@ class KroneckerPreconditioner:
                 continue
             out = dict(entry)
             try:
+                if self.standard(block, entry):
+                    lam = damping[block.name]
+                    if self.relative_damping:
+                        lam *= max(mean_eigenvalue(entry["A"], entry["G"]),
+                                   torch.finfo(torch.float32).tiny)
+                    for f in ("A", "G"):
+                        vals, vecs = eigen_factor(entry[f], self.inverse_dtype)
+                        out[f + "_eig"] = vals
+                        if vecs is not None:
+                            out[f + "_vec"] = vecs
+                    out["damping"] = torch.tensor(float(lam), dtype=torch.float64)
+                    new[block.name] = out
+                    continue
                 for f, lam in self.damping_split(entry, damping[block.name]).items():
                     out[f + "_inv"] = damped_inverse(
                         entry[f], lam, method=self.inverse_method, compute_dtype=self.inverse_dtype,
@@ -191,8 +211,28 @@ class KroneckerPreconditioner:
             except torch.linalg.LinAlgError:
                 return None
             new[block.name] = out
-        invs = [e[k] for e in new.values() for k in ("A_inv", "G_inv", "U_inv") if k in e]
+        invs = [e[k] for e in new.values()
+                for k in ("A_inv", "G_inv", "U_inv", "A_eig", "G_eig", "A_vec", "G_vec") if k in e]
         return new if all_finite(invs) else None
+
+    def standard(self, block: KroneckerBlock, entry: Mapping[str, Any]) -> bool:
+        """Whether ``block`` is damped exactly through eigenbases (``"standard"`` and two factors)."""
+        return (self.heuristic == "standard" and block.view != "unit"
+                and entry.get("A") is not None and entry.get("G") is not None)
+
+    def inverted(self, state: Mapping[str, Any], block: KroneckerBlock) -> bool:
+        """Whether ``state`` holds what :meth:`matrices` needs for ``block`` (its inverses or eigenbases).
+
+        Example:
+            >>> lin = torch.nn.Linear(2, 1, bias=False)
+            >>> pre = KroneckerPreconditioner([KroneckerBlock("0", (lin.weight,), ("A",))])
+            >>> pre.inverted({"0": {"A": torch.eye(2)}}, pre.blocks[0])
+            False
+        """
+        entry = state.get(block.name, {})
+        if self.standard(block, entry):
+            return "A_eig" in entry
+        return all(f + "_inv" in entry for f in block.factors)
 
     def matrices(self, state: Mapping[str, Any], block: KroneckerBlock) -> tuple[Tensor, Tensor]:
         """``(M, V)``: the gradient's matrix view and the preconditioned one (a new tensor).
@@ -205,6 +245,11 @@ class KroneckerPreconditioner:
         if block.view == "unit":
             return M, unit_precondition(M, entry["U_inv"])
         left, right = block.sides
+        if "A_eig" in entry and self.standard(block, entry):
+            def eig(f: str) -> tuple[Tensor, Tensor | None]:
+                return entry[f + "_eig"], entry.get(f + "_vec")
+
+            return M, damped_kron_solve(M, eig(left), eig(right), float(entry["damping"]))
         return M, kron_precondition(M, entry.get(left + "_inv"), entry.get(right + "_inv"))
 
     def directions(self, state: Mapping[str, Any], block: KroneckerBlock) -> list[Tensor]:

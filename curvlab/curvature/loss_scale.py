@@ -132,6 +132,7 @@ class LossScaleProbe:
         self.who = who
         self.rtol = rtol
         self._calls: list[_Call] = []
+        self._pending: _Call | None = None
         self._handles: list[RemovableHandle] = []
 
     # ---------------------------------------------------------------- capture
@@ -153,8 +154,24 @@ class LossScaleProbe:
             handle.remove()
         self._handles = []
 
+    @property
+    def active(self) -> bool:
+        """Whether the probe's hooks are installed (inside ``with probe:``)."""
+        return bool(self._handles)
+
+    def forget(self) -> None:
+        """Drop the calls recorded so far (without measuring them)."""
+        self._calls = []
+        self._pending = None
+
     def _record(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Forward pre-hook on ``loss_fn``: keep outputs, targets and a hook for their gradient."""
+        """Forward pre-hook on ``loss_fn``: keep outputs, targets and a hook for their gradient.
+
+        Calls with autograd off (an evaluation under ``torch.no_grad()``) are not recorded.
+        """
+        self._pending = None
+        if not torch.is_grad_enabled():
+            return
         outputs, rest = args[0], args[1:]
         target = rest[0] if rest else kwargs.get("target")
         extra = {k: v for k, v in kwargs.items() if k != "target"}
@@ -162,11 +179,13 @@ class LossScaleProbe:
         if outputs.requires_grad:
             outputs.register_hook(lambda g, c=call: setattr(c, "grad", g.detach()))
         self._calls.append(call)
+        self._pending = call
 
     def _value(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
         """Forward hook on ``loss_fn``: the value of the call the pre-hook recorded."""
-        if self._calls:
-            self._calls[-1].value = float(output.detach().double().sum())
+        if self._pending is not None:
+            self._pending.value = float(output.detach().double().sum())
+            self._pending = None
 
     # ---------------------------------------------------------------- measure
     def _module_grad(self, call: _Call) -> tuple[Tensor, float]:

@@ -35,6 +35,13 @@ parameters no block covers get the declared ``fallback``
 installed only for the :math:`S` recording passes, so the other steps cost
 an SGD step plus one product per layer.
 
+Training loops: ``step(closure)`` (any closure, also PyTorch Lightning's,
+which takes no keywords) or the plain loop ``loss.backward(); opt.step()``
+(:mod:`curvlab.curvature.plain_loop`): while no closure is given, the
+forward hooks stay on the model for the recording steps and :math:`\Sigma`
+comes from the user's own forward passes, the gradients from the user's
+backward. Both loops give the same steps (``tests/backends/test_plain_loop.py``).
+
 Scopes: ``lr``, ``damping``, ``momentum``, ``weight_decay`` and the
 fallback's step hyper-parameters are per param group; the schedule, the
 EMA, ``relative_damping``, ``kfac_approx`` and ``fallback`` are per
@@ -65,6 +72,7 @@ from curvlab.curvature.kl_clip import inner_products
 from curvlab.curvature.kronecker import split_matrix
 from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
 from curvlab.curvature.momentum import momentum_plan
+from curvlab.curvature.plain_loop import PlainLoopCapture
 from curvlab.hparams import OPTIMIZER, HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 
@@ -133,7 +141,11 @@ class FOOF(CurvatureOptimizer):
         layers=("Linear (any input rank)", "Conv2d (groups=1)", "Embedding",
                 "LayerNorm/RMSNorm/BatchNorm (unit-wise)", "other parameters: fallback"),
         losses=("any",),
-        requires_closure=True,
+        loop_notes=(
+            "plain loop: the layer inputs come from forward hooks kept on the model while no "
+            "closure is given (for the steps that record statistics only), the gradients from "
+            "your own loss.backward(); any loss"
+        ),
         conformance={"lr": 0.1, "inverse_every": 5},
         tags=("second-order", "kronecker", "hooks"),
     )
@@ -151,6 +163,36 @@ class FOOF(CurvatureOptimizer):
         self.preconditioner = KroneckerPreconditioner(self.blocks,
                                                       relative_damping=hp["relative_damping"])
         self.curv_state.update({"step": 0, "blocks": {}})
+        self.plain = PlainLoopCapture(self.engine, who=self.name, owner=self)
+        self._arm()
+
+    def _arm(self) -> None:
+        """Hook the user's next forward if the next step records Σ (plain loop)."""
+        hp = self.optimizer_hparams
+        if records_statistics(self.curv_state["step"], hp["inverse_every"], hp["stats_steps"]):
+            self.plain.arm(kfac_approx=hp["kfac_approx"], need_G=False)
+
+    def step(self, closure: Callable[..., Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """One FOOF step: with a closure or in the plain loop (Σ from the forward passes since the last step)."""
+        if closure is not None:
+            self.plain.disarm()
+        try:
+            return super().step(closure)
+        finally:
+            if closure is None:
+                self._arm()
+
+    def _after_load(self) -> None:
+        self.plain.disarm()
+        self._arm()
+
+    def _evaluate_plain(self) -> Evaluation[dict[str, dict[str, Tensor]]]:
+        """Σ of the forward passes run since the previous step (plain loop)."""
+        collected = self.plain.collect()
+        if collected is None:
+            return Evaluation(None)
+        cap, _ = collected
+        return Evaluation(None, capture_estimates(self.engine.plan, cap.factors, need_G=False))
 
     def coverage(self) -> CoverageTable:
         """Every parameter's block kind or fallback (see :mod:`curvlab.curvature.coverage_table`)."""
@@ -180,8 +222,9 @@ class FOOF(CurvatureOptimizer):
         missing = [b.name for b in active if b.name not in blocks]
         if missing:
             raise ValueError(
-                f"{self.name}: no input statistics for layer(s) {missing}; the closure must run "
-                "the model's forward pass with autograd enabled"
+                f"{self.name}: no input statistics for layer(s) {missing}; the closure (or, in "
+                "the plain loop, your code before step()) must run the model's forward pass with "
+                "autograd enabled"
             )
         if step % hp["inverse_every"] == 0 or any(b.factors[0] + "_inv" not in blocks[b.name]
                                                   for b in active):

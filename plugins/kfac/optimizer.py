@@ -43,6 +43,16 @@ checked through the inner products :math:`\langle V_l, \nabla W_l\rangle`
 from the engine's private generator whose state is kept in ``curv_state``
 (resume is bitwise). Frozen parameters are never moved.
 
+Training loops: ``step(closure)`` as above (any closure, also one without
+the contract keywords, e.g. PyTorch Lightning's automatic optimization), or
+the plain loop ``loss = loss_fn(model(x), y); loss.backward(); opt.step()``
+(:mod:`curvlab.curvature.plain_loop`): while no closure is given, curvlab's
+hooks stay on the model for the factor steps and record the user's own
+forward and backward; ``fisher_type="empirical"`` takes :math:`G` from that
+backward's gradients, ``"mc"``/``"exact"`` back-propagate the sampled targets
+(the loss Hessian's columns) when the user's code calls ``loss_fn``. Both
+loops give the same steps (``tests/backends/test_plain_loop.py``).
+
 Scopes: ``lr``, ``damping``, ``momentum``, ``weight_decay`` and the
 fallback's ``fallback_lr``/``fallback_betas``/``fallback_eps`` are per param
 group; the schedule, the EMA, KL-clipping, the factor type, ``kfac_approx``
@@ -66,19 +76,22 @@ from curvlab.curvature.coverage import parameter_coverage
 from curvlab.curvature.coverage_table import CoverageTable
 from curvlab.curvature.descent import descend_all_
 from curvlab.curvature.factor_blocks import capture_estimates, plan_blocks_for
-from curvlab.curvature.factor_engine import describe_engine, make_engine
+from curvlab.curvature.factor_engine import FactorCapture, describe_engine, make_engine
 from curvlab.curvature.fallback import Fallback, fallback_hparams
+from curvlab.curvature.finite import all_finite
+from curvlab.curvature.inverse import damped_inverse
 from curvlab.curvature.kl_clip import inner_products, kl_clip_scale
-from curvlab.curvature.kronecker import split_matrix
+from curvlab.curvature.kronecker import KroneckerBlock, split_matrix
 from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
 from curvlab.curvature.loss_curvature import check_loss_module
 from curvlab.curvature.loss_scale import LossScaleProbe
 from curvlab.curvature.momentum import momentum_plan
+from curvlab.curvature.plain_loop import PlainLoopCapture
 from curvlab.curvature.rng import derive_seed
 from curvlab.hparams import OPTIMIZER, HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 
-__all__ = ["KFAC", "FactorEstimates"]
+__all__ = ["KFAC", "FactorEstimates", "foof_inverses", "update_cosine"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,71 @@ class FactorEstimates:
     estimates: dict[str, dict[str, Tensor]]
     rng: Any
     scale: float
+
+
+def foof_inverses(entries: dict[str, dict[str, Any]], blocks: list[KroneckerBlock],
+                  damping: dict[str, float]) -> dict[str, dict[str, Any]] | None:
+    r"""``entries`` with ``A_foof_inv`` = :math:`(A + \lambda I)^{-1}` for the two-factor ``out_in`` blocks (FOOF's).
+
+    ``None`` when an inverse fails or is not finite.
+    """
+    out = dict(entries)
+    for b in blocks:
+        entry = entries.get(b.name)
+        if entry is None or not _two_factor(b, entry):
+            continue
+        try:
+            inv = damped_inverse(entry["A"], damping[b.name])
+        except torch.linalg.LinAlgError:
+            return None
+        if not all_finite([inv]):
+            return None
+        out[b.name] = {**entry, "A_foof_inv": inv}
+    return out
+
+
+def _two_factor(block: KroneckerBlock, entry: dict[str, Any]) -> bool:
+    r"""A ``Linear``/``Conv2d`` weight block :math:`G \otimes A` (``out_in`` view, both factors as matrices)."""
+    A = entry.get("A")
+    return block.view == "out_in" and entry.get("G") is not None and A is not None and A.dim() == 2
+
+
+def update_cosine(state: dict[str, dict[str, Any]], blocks: list[KroneckerBlock],
+                  mats: list[tuple[Tensor, Tensor]]) -> float:
+    r"""Cosine between K-FAC's and FOOF's updates in the :math:`A` inner product (Benzing 2022, Fig. 3).
+
+    With :math:`U_l` K-FAC's direction and :math:`F_l = M_l (A_l + \lambda I)^{-1}`
+    FOOF's (same damping :math:`\lambda`) for every ``Linear``/``Conv2d``
+    weight block :math:`G_l \otimes A_l`,
+    :math:`\langle U, F\rangle_A = \sum_l \operatorname{tr}(U_l A_l F_l^\top)` (the
+    inner product of the changes of the pre-activations, :math:`A = \frac1{NR}\sum a a^\top`)
+    and the result is :math:`\langle U, F\rangle_A / (\|U\|_A \|F\|_A)`;
+    ``nan`` when no block has both factors or a norm is 0.
+
+    Example:
+        >>> from curvlab.curvature.kronecker import KroneckerBlock
+        >>> w = torch.nn.Parameter(torch.zeros(1, 2))
+        >>> b = KroneckerBlock("0", (w,), ("G", "A"))
+        >>> A = torch.diag(torch.tensor([1.0, 4.0]))
+        >>> state = {"0": {"A": A, "G": torch.eye(1), "A_foof_inv": torch.linalg.inv(A)}}
+        >>> M = torch.ones(1, 2)
+        >>> update_cosine(state, [b], [(M, M @ torch.linalg.inv(A))])
+        1.0
+    """
+    dot = uu = ff = torch.zeros((), dtype=torch.float64)
+    for b, (M, U) in zip(blocks, mats):
+        entry = state[b.name]
+        if not _two_factor(b, entry) or "A_foof_inv" not in entry:
+            continue
+        A = entry["A"].to(torch.float64)
+        U64 = U.to(torch.float64)
+        F = M.to(torch.float64) @ entry["A_foof_inv"].to(torch.float64)
+        UA, FA = U64 @ A, F @ A
+        dot = dot + (UA * F).sum()
+        uu = uu + (UA * U64).sum()
+        ff = ff + (FA * F).sum()
+    den = float((uu * ff).sqrt())
+    return float(dot) / den if den > 0 else math.nan
 
 
 class KFAC(CurvatureOptimizer):
@@ -135,8 +213,9 @@ class KFAC(CurvatureOptimizer):
             HParam("lr", float, 0.01, "step size α", low=0.0, space=LogUniform(1e-3, 1.0)),
             HParam("damping", float, 0.03, "Tikhonov damping λ of the blocks", low=0.0,
                    low_open=True, space=LogUniform(1e-3, 1.0)),
-            HParam("damping_heuristic", str, "pi", "split of λ between A and G",
-                   choices=("pi", "equal"), scope=OPTIMIZER),
+            HParam("damping_heuristic", str, "pi",
+                   "'pi'/'equal': split λ between A and G; 'standard': exact (G⊗A + λI)⁻¹ "
+                   "through the eigenbases", choices=("pi", "equal", "standard"), scope=OPTIMIZER),
             HParam("fisher_type", str, "mc",
                    "'mc': sampled Fisher; 'exact': exact GGN; 'empirical': empirical Fisher",
                    choices=("mc", "exact", "empirical"), scope=OPTIMIZER),
@@ -157,6 +236,9 @@ class KFAC(CurvatureOptimizer):
                    low=0.0),
             HParam("kl_clip", float, 1e-3, "KL-clipping bound κ (None: off)", low=0.0,
                    low_open=True, optional=True, scope=OPTIMIZER),
+            HParam("diagnostics", bool, False,
+                   "record opt.stats['update_cosine'] every step: cosine of K-FAC's and FOOF's "
+                   "updates in the A inner product", scope=OPTIMIZER),
             *fallback_hparams(),
         ]
     )
@@ -171,8 +253,15 @@ class KFAC(CurvatureOptimizer):
         layers=("Linear (any input rank)", "Conv2d (groups=1)", "Embedding",
                 "LayerNorm/RMSNorm/BatchNorm (unit-wise)", "other parameters: fallback"),
         losses=("MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss"),
-        requires_closure=True,
         needs_loss_fn=True,
+        loop_notes=(
+            "plain loop: the layer inputs and outputs are hooked while no closure is given "
+            "(hooks installed for the factor steps only); fisher_type='empirical' takes G from the "
+            "gradients of your own loss.backward() (no extra pass); 'mc' and 'exact' back-propagate "
+            "the sampled targets / the loss Hessian's columns from the outputs when your code calls "
+            "loss_fn (one extra partial backward per sample or column, on the forward graph, which "
+            "your backward frees before step()); the loss scale of your backward is measured"
+        ),
         conformance={"lr": 0.1, "damping": 0.01},
         tags=("second-order", "kronecker", "backpack", "hooks"),
     )
@@ -191,8 +280,39 @@ class KFAC(CurvatureOptimizer):
         self.blocks = plan_blocks_for(self.engine.plan, need_G=True)
         self.preconditioner = KroneckerPreconditioner(self.blocks, heuristic=hp["damping_heuristic"])
         self.probe = LossScaleProbe(self.loss_fn, who=self.name)
+        self.plain = PlainLoopCapture(self.engine, who=self.name,
+                                      probe=LossScaleProbe(self.loss_fn, who=self.name), owner=self)
         self.curv_state.update({"step": 0, "seed": self.engine.seed, "rng": None, "blocks": {},
                                 "loss_scale": None})
+        self._arm()
+
+    def _arm(self) -> None:
+        """Hook the user's next forward/backward if the next step updates the factors (plain loop)."""
+        hp = self.optimizer_hparams
+        if self.curv_state["step"] % hp["factor_every"] != 0:
+            return
+        self.engine.seed = self.curv_state["seed"]
+        self.engine.rng_state = self.curv_state["rng"]
+        self.plain.arm(fisher_type=hp["fisher_type"], kfac_approx=hp["kfac_approx"],
+                       mc_samples=hp["mc_samples"])
+
+    def step(self, closure: Callable[..., Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """One K-FAC step: with a closure (``step(curvlab.closure(...))``) or in the plain loop.
+
+        Without a closure, the factors come from the forward and backward
+        passes run since the previous step (module docstring, "Training loops").
+        """
+        if closure is not None:
+            self.plain.disarm()
+        try:
+            return super().step(closure)
+        finally:
+            if closure is None:
+                self._arm()
+
+    def _after_load(self) -> None:
+        self.plain.disarm()
+        self._arm()
 
     def coverage(self) -> CoverageTable:
         """Every parameter's block kind or fallback (see :mod:`curvlab.curvature.coverage_table`)."""
@@ -215,15 +335,28 @@ class KFAC(CurvatureOptimizer):
             call, fisher_type=hp["fisher_type"], kfac_approx=hp["kfac_approx"],
             mc_samples=hp["mc_samples"],
         )
-        c = measured.scale
+        return Evaluation(loss, self._estimates(cap, measured.scale))
+
+    def _evaluate_plain(self) -> Evaluation[FactorEstimates]:
+        """The factors of the forward/backward run since the previous step (plain loop)."""
+        collected = self.plain.collect()
+        if collected is None:  # not a factor step (or the last step had a closure)
+            return Evaluation(None)
+        cap, measured = collected
+        assert measured is not None
+        return Evaluation(None, self._estimates(cap, measured.scale))
+
+    def _estimates(self, cap: FactorCapture, c: float) -> FactorEstimates:
+        """The capture's factors with the output side multiplied by the measured loss scale ``c``."""
         if math.isfinite(c) and c <= 0:
             raise ValueError(
-                f"{self.name}: the closure returns {c:.3g} × loss_fn (measured at the network "
-                "outputs); K-FAC's curvature needs a positive multiple of the loss it minimises"
+                f"{self.name}: the loss back-propagated is {c:.3g} × loss_fn (measured at the "
+                "network outputs); K-FAC's curvature needs a positive multiple of the loss it "
+                "minimises"
             )
         estimates = (capture_estimates(self.engine.plan, cap.factors, need_G=True, scale=c)
                      if math.isfinite(c) else {})
-        return Evaluation(loss, FactorEstimates(estimates, cap.rng_state, c))
+        return FactorEstimates(estimates, cap.rng_state, c)
 
     # ----------------------------------------------------------------- update
     @torch.no_grad()
@@ -242,22 +375,29 @@ class KFAC(CurvatureOptimizer):
         missing = [b.name for b in active if b.name not in blocks]
         if missing:
             return Skip(f"no Kronecker factors yet for {', '.join(missing)} (the first step "
-                        "must compute them)")
+                        "must compute them; in the plain loop, the step after one with a "
+                        "closure has no statistics of its own)")
         if step % hp["inverse_every"] == 0 or any(
-            b.factors[0] + "_inv" not in blocks[b.name] for b in active
+            not self.preconditioner.inverted(blocks, b) for b in active
         ):
             damping = {b.name: self.params_map.group(b.params[0])["damping"] for b in self.blocks}
             inv = self.preconditioner.invert(blocks, damping)
             if inv is None:
                 return Skip("damped inverse failed or is not finite")
+            if hp["diagnostics"]:
+                inv = foof_inverses(inv, self.blocks, damping)
+                if inv is None:
+                    return Skip("damped inverse failed or is not finite")
             blocks = {**blocks, **inv}
         mats = [self.preconditioner.matrices(blocks, b) for b in active]
+        diagnostics = ({"update_cosine": update_cosine(blocks, active, mats)}
+                       if hp["diagnostics"] else {})
         lrs = [self.params_map.group(b.params[0])["lr"] for b in active]
         dots = inner_products([V for _, V in mats], [M for M, _ in mats])
         vg = sum(lr * lr * x for lr, x in zip(lrs, dots))
         if not math.isfinite(vg) or not all(map(math.isfinite, dots)):
             return Skip("non-finite preconditioned gradient")
-        values = self._clip([V for _, V in mats], vg)
+        values = {**self._clip([V for _, V in mats], vg), **diagnostics}
         directions = {p: v for b, (_, V) in zip(active, mats)
                       for p, v in zip(b.params, split_matrix(V, b.params, b.view))}
         main = momentum_plan(self, directions, params=list(directions))
