@@ -332,7 +332,15 @@ class BackpackEngine:
             )
 
     def _check_input(self, name: str):
+        params = self.plan.groups[name].params
+
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if torch.is_grad_enabled() and not all(p.requires_grad for p in params):
+                raise EngineUnsupported(
+                    f"{self.who}: a parameter of model.{name} was frozen after construction; "
+                    "BackPACK does not back-propagate its quantities through such a layer; "
+                    "use engine='hooks'"
+                )
             x = args[0]
             if isinstance(module, nn.Linear) and x.dim() != 2:
                 raise EngineUnsupported(

@@ -9,13 +9,13 @@ per group. :func:`plan_blocks_for` turns the plan into
 and :func:`capture_estimates` a capture into its ``{block: {factor: tensor}}``
 estimates, so that a backend never looks at layer types or engines:
 
-================= ================================ ================================= =====================
-family            ``separate`` (K-FAC)             ``homogeneous``, A only (FOOF)    estimates
-================= ================================ ================================= =====================
-linear, conv2d    ``<weight>``: G, A; ``<bias>``: G ``<group>`` over [W | b]: A        :math:`A, cG` (FOOF: A)
-embedding         ``<weight>`` (in_out): A, G      ``<group>`` (in_out): A            :math:`A, cG` (FOOF: A)
-norm              ``<group>`` (unit): U            ``<group>`` (unit): U              :math:`cU` (FOOF: moments)
-================= ================================ ================================= =====================
+============== ================================= ============================== ==========================
+family         ``separate`` (K-FAC)              ``homogeneous``, A only (FOOF) estimates
+============== ================================= ============================== ==========================
+linear, conv2d ``<weight>``: G, A; ``<bias>``: G ``<group>`` over [W | b]: A    :math:`A, cG` (FOOF: A)
+embedding      ``<weight>`` (in_out): A, G       ``<group>`` (in_out): A        :math:`A, cG` (FOOF: A)
+norm           ``<group>`` (unit): U             ``<group>`` (unit): U          :math:`cU` (FOOF: moments)
+============== ================================= ============================== ==========================
 
 (``<weight>`` is the weight's qualified name, ``<group>`` the module's.)
 ``scale`` :math:`c` multiplies the output-side quantities (:math:`G`,

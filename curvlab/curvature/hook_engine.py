@@ -40,7 +40,7 @@ module not called, calls of one shared module with different batch sizes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -169,9 +169,13 @@ class HookEngine:
     @contextmanager
     def capture(
         self, *, fisher_type: str = "mc", kfac_approx: str = "expand", mc_samples: int = 1,
-        need_G: bool = True,
+        need_G: bool = True, passive: Callable[[], bool] | None = None,
     ) -> Iterator[FactorCapture]:
         """Install the hooks for the block; the yielded capture holds the factors on exit.
+
+        ``passive``: the hooks record nothing while it returns ``True`` (a
+        capture left open between steps, :mod:`~curvlab.curvature.plain_loop`,
+        stays out of another engine's capture on the same model).
 
         Raises:
             ValueError: invalid options; (on exit) the loss module was not
@@ -189,7 +193,7 @@ class HookEngine:
             else KroneckerAccumulator(g, kfac_approx=kfac_approx, homogeneous=homogeneous)
             for name, g in self.plan.groups.items()
         }
-        run = _Run(self, accs, fisher_type, mc_samples, need_G)
+        run = _Run(self, accs, fisher_type, mc_samples, need_G, passive)
         if self._handles:
             raise RuntimeError("HookEngine.capture blocks cannot be nested")
         for name, group in self.plan.groups.items():
@@ -230,8 +234,10 @@ class _Run:
     """State of one capture: hooks' closures, recorded edges, empirical gradients."""
 
     def __init__(self, engine: HookEngine, accs: dict[str, Any], fisher_type: str,
-                 samples: int, need_G: bool) -> None:
+                 samples: int, need_G: bool, passive: Callable[[], bool] | None = None) -> None:
         self.engine = engine
+        self.passive = passive
+        self.deferred: ValueError | None = None
         self.accs = accs
         self.fisher_type = fisher_type
         self.samples = samples
@@ -245,9 +251,13 @@ class _Run:
 
     def layer_hook(self, name: str):
         def hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
-            if not torch.is_grad_enabled():
+            if self._standing_by():
                 return None
-            use = self.accs[name].add_input(module, args[0])
+            try:
+                use = self.accs[name].add_input(module, args[0])
+            except ValueError as err:
+                self._defer(err)
+                return None
             if not self.need_G or not output.requires_grad:
                 return None
             target, replaced = _gradient_target(output)
@@ -263,9 +273,26 @@ class _Run:
 
         return hook
 
+    def _standing_by(self) -> bool:
+        """Whether the hooks record nothing now (autograd off, passive, or a deferred error)."""
+        return (not torch.is_grad_enabled() or self.deferred is not None
+                or (self.passive is not None and self.passive()))
+
+    def _defer(self, err: ValueError) -> None:
+        """A capture left open between steps (``passive`` given) raises at ``finish``, not in the user's code."""
+        if self.passive is None:
+            raise err
+        self.deferred = err
+
     def loss_hook(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
-        if not torch.is_grad_enabled():
+        if self._standing_by():
             return
+        try:
+            self._loss_hook(module, args, output)
+        except ValueError as err:
+            self._defer(err)
+
+    def _loss_hook(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
         self.loss_calls += 1
         if self.loss_calls > 1:
             raise ValueError(
@@ -315,6 +342,8 @@ class _Run:
             acc.add_column(per_use, weight)
 
     def finish(self) -> None:
+        if self.deferred is not None:
+            raise self.deferred
         if not self.need_G:
             return
         if self.loss_calls == 0:

@@ -6,13 +6,13 @@ now and then (:mod:`~curvlab.curvature.tikhonov`,
 :mod:`~curvlab.curvature.inverse`) and precondition the gradient's matrix
 view :math:`M` (:mod:`~curvlab.curvature.kronecker`) by the damped block:
 
-=========== ============================================ ====================================================
-view        block                                        direction
-=========== ============================================ ====================================================
-``out_in``  :math:`(G+\lambda_G I)\otimes(A+\lambda_A I)` :math:`V = (G+\lambda_G I)^{-1} M (A+\lambda_A I)^{-1}`
-``in_out``  :math:`(A+\lambda_A I)\otimes(G+\lambda_G I)` :math:`V = (A+\lambda_A I)^{-1} M (G+\lambda_G I)^{-1}`
-``unit``    :math:`\operatorname{blockdiag}_i(U_i+\lambda I)` :math:`V_i = (U_i+\lambda I)^{-1} M_i` per unit :math:`i`
-=========== ============================================ ====================================================
+========== ================================================= =========================================================
+view       block                                             direction
+========== ================================================= =========================================================
+``out_in`` :math:`(G+\lambda_G I)\otimes(A+\lambda_A I)`     :math:`V = (G+\lambda_G I)^{-1} M (A+\lambda_A I)^{-1}`
+``in_out`` :math:`(A+\lambda_A I)\otimes(G+\lambda_G I)`     :math:`V = (A+\lambda_A I)^{-1} M (G+\lambda_G I)^{-1}`
+``unit``   :math:`\operatorname{blockdiag}_i(U_i+\lambda I)` :math:`V_i = (U_i+\lambda I)^{-1} M_i` per unit :math:`i`
+========== ================================================= =========================================================
 
 Damping (a block's :math:`\lambda` is its param group's ``damping``):
 

@@ -37,7 +37,9 @@ statistics (run evaluations under ``torch.no_grad()``: the hooks ignore
 them). A step with closure :meth:`disarm`\ s the capture (its own capture
 serves it); the optimizer arms it again after its next ``step()`` without
 closure. The hooks are removed when the owning optimizer is garbage-collected
-(:func:`weakref.finalize`), so a discarded optimizer leaves the model as it was.
+(:func:`weakref.finalize`), so a discarded optimizer leaves the model as it was,
+and they stand aside while BackPACK runs (:func:`backpack_active`: another
+optimizer's closure step on the same model).
 
 Example:
     >>> import torch
@@ -57,15 +59,30 @@ import weakref
 from contextlib import AbstractContextManager
 from typing import Any
 
+from backpack.context import CTX
+
 from curvlab.curvature.factor_engine import FactorCapture, FactorEngine
 from curvlab.curvature.loss_scale import LossScale, LossScaleProbe
 
-__all__ = ["PlainLoopCapture", "hook_engine"]
+__all__ = ["PlainLoopCapture", "backpack_active", "hook_engine"]
 
 _HOW = (
     "in the plain loop, run loss = loss_fn(model(x), y); loss.backward() with the loss_fn "
     "given at construction before opt.step(), or pass a closure: opt.step(curvlab.closure(...))"
 )
+
+
+def backpack_active() -> bool:
+    """Whether a BackPACK extension is running (another optimizer's closure-mode capture).
+
+    The plain-loop hooks stand aside then: an extra backward pass of theirs
+    inside ``with backpack(...)`` would consume BackPACK's quantities.
+
+    Example:
+        >>> backpack_active()
+        False
+    """
+    return bool(CTX.get_active_exts())
 
 
 def hook_engine(engine: FactorEngine) -> FactorEngine:
@@ -120,7 +137,7 @@ class PlainLoopCapture:
         """Install the hooks for the next step (``options``: those of the engine's ``capture``); idempotent."""
         if self._context is not None:
             return
-        context = self.engine.capture(**options)
+        context = self.engine.capture(**options, passive=backpack_active)
         self._capture = context.__enter__()
         self._context = context
         if self.probe is not None:

@@ -102,7 +102,7 @@ def default_levels(opt: str, name: str) -> list[Any]:
 
     Example:
         >>> default_levels("kfac", "damping_heuristic")
-        ['pi', 'equal']
+        ['pi', 'equal', 'standard']
     """
     p = curvlab.info(opt).schema[name]
     from curvlab.hparams import Choice
