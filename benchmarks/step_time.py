@@ -229,17 +229,23 @@ def bench_size(size: str, optimizers: list[str], hparams: dict[str, dict[str, An
     sgd = contestants["sgd"]
     x, y = next(BatchStream(data.x_train, data.y_train, problem.batch_size, 0))
     cost = model_cost(sgd.model, sgd.loss_fn, x.to(args.device), y.to(args.device))
-    for c in contestants.values():
-        c.run(args.warmup)
+    for name, c in list(contestants.items()):
+        try:
+            c.run(args.warmup)
+        except ValueError as err:  # refused at the first step (e.g. natgrad's max_columns)
+            refused[name] = " ".join(str(err).split())[:160]
+            del contestants[name]
         c.cpu_times.clear()
     blocks = {n: -(-max(args.steps, c.period) // c.period) * c.period
               for n, c in contestants.items()}
     times: dict[str, list[float]] = {n: [] for n in contestants}
     rates: list[float] = []
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         rates.append(matmul_rate(1024, device=args.device))
         for name, c in contestants.items():
             times[name].append(c.run(blocks[name]))
+            print(f"[{size} round {i + 1}/{args.rounds}] {name}: {1e3 * times[name][-1]:.1f} ms/step",
+                  file=sys.stderr, flush=True)
     rate = statistics.median(rates)
     med = {n: statistics.median(t) for n, t in times.items()}
     cpu = {n: statistics.median(c.cpu_times) for n, c in contestants.items()}
