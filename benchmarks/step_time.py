@@ -9,7 +9,8 @@ K-FAC's inverses is amortised exactly), and the machine's matrix-product
 FLOP rate is measured too; rounds are interleaved so that background load
 hits every contestant alike, and the report uses medians over rounds.
 
-Columns: ms/step; × SGD; the computed floor (``curvlab.harness.floor``: the
+Columns: ms/step; × SGD (wall clock); CPU × SGD (the process's CPU time,
+less disturbed by a busy neighbour); the computed floor (``curvlab.harness.floor``: the
 FLOPs of the method's passes, factor statistics, inverses and
 preconditioner product from the layer shapes and the optimizer's schedule
 hyper-parameters, at the FLOP rate measured in the run) in ms and × SGD's

@@ -39,25 +39,25 @@ matrix: :math:`m^3` FLOPs, :math:`m^3/3` factorisation + :math:`2m^3/3`
 
 ==============  ==================================================================
 sgd, adam, …    forward + backward
-kfac            + :math:`\frac1{T_f}` [MC-sample partial backward × samples,
+kfac            \+ :math:`\frac1{T_f}` [MC-sample partial backward × samples,
                 :math:`2 n d_i^2` (A), :math:`2 n s\, d_o^2` (G)]
-                + :math:`\frac1{T_i}` [:math:`d_i^3 + d_o^3` per weight, :math:`d_o^3` per bias]
-                + :math:`2 d_o^2 d_i + 2 d_o d_i^2` (+ :math:`2 d_o^2` bias) per step
-foof            + :math:`\frac{S}{T}\, 2 n d_h^2` + :math:`\frac1T d_h^3` + :math:`2 d_o d_h^2`
-kbfgs           + forward + partial backward (second evaluation at θ⁺)
-                + :math:`2 n d_h^2` (A) + :math:`12 d_h^2` (H_a BFGS) + :math:`2 d_o d_h^2 + 2 d_o^2 d_h`
+                \+ :math:`\frac1{T_i}` [:math:`d_i^3 + d_o^3` per weight, :math:`d_o^3` per bias]
+                \+ :math:`2 d_o^2 d_i + 2 d_o d_i^2` (+ :math:`2 d_o^2` bias) per step
+foof            \+ :math:`\frac{S}{T}\, 2 n d_h^2` + :math:`\frac1T d_h^3` + :math:`2 d_o d_h^2`
+kbfgs           \+ forward + partial backward (second evaluation at θ⁺)
+                \+ :math:`2 n d_h^2` (A) + :math:`12 d_h^2` (H_a BFGS) + :math:`2 d_o d_h^2 + 2 d_o^2 d_h`
                 (P = H_g M H_a) + :math:`8 d_o^2` (H_g BFGS)
 kbfgsl          kbfgs without H_g, with the compact L-BFGS product on the
                 :math:`d_o \times d_h` matrix for :math:`k` pairs:
                 :math:`8 k d_o d_h + 4 k^2 d_h + 4 k^2 d_o`
-groupednewton   + :math:`\frac1p` [forward + backward with graph (a fresh
+groupednewton   \+ :math:`\frac1p` [forward + backward with graph (a fresh
                 batch), S HVPs (order 2) or 2S (order 3) over the double-backward
                 graph, one forward (safeguard)]; S = subsets (``tensor``: one per
                 parameter tensor)
-adahessian      + :math:`\frac{1}{T}` × samples × (HVP − gradient)
+adahessian      \+ :math:`\frac{1}{T}` × samples × (HVP − gradient)
 sophiah         same with its ``update_period``
 soap            per weight :math:`(m, n)`: :math:`6(m^2 n + m n^2)` (L, R, rotate, rotate back)
-                + :math:`\frac1f` [:math:`\frac{10}3 (m^3+n^3) + 4(m^2 n + m n^2)`]
+                \+ :math:`\frac1f` [:math:`\frac{10}3 (m^3+n^3) + 4(m^2 n + m n^2)`]
                 (power step + QR, moments re-projected)
 shampoo         :math:`4(m^2 n + m n^2)` + :math:`\frac1f\, 9 (m^3 + n^3)` (inverse 4th roots)
 kron            :math:`10(m^2 n + m n^2) + 2(m^3+n^3)` (precondition and update
