@@ -11,11 +11,8 @@ flattened, so a sequence model's positions count as rows), one
 * ``h_mean``: :math:`\bar h = \frac1N \sum_n h_n`,
 * ``g_sum``: :math:`\sum_n \partial L / \partial h_n` for the closure's loss
   :math:`L`, filled in by a tensor hook on the layer output during the
-  backward pass (the optimizer converts it to the paper's normalisation,
-  :mod:`curvlab_plugins.kbfgs.normalisation`),
-
-and the model's output (:attr:`Recording.model_output`), from which the
-optimizer derives that normalisation.
+  backward pass (the optimizer converts it to the paper's normalisation
+  with the factor it measures, :mod:`curvlab_plugins.kbfgs.normalisation`).
 
 The hooks exist only inside :meth:`PreactivationCapture.recording`: they
 are registered on entry and removed on exit, so no hook stays on the
@@ -52,12 +49,10 @@ class Recording:
         outputs: ``{layer: h}`` (with their graph) while the block runs, so
             that ``torch.autograd.grad(loss, outputs)`` fills in ``g_sum``
             without computing weight gradients; emptied on exit.
-        model_output: The model's (detached) output of the evaluation, or ``None``.
     """
 
     records: dict[str, dict[str, Tensor]] = field(default_factory=dict)
     outputs: dict[str, Tensor] = field(default_factory=dict)
-    model_output: Tensor | None = None
 
 
 class PreactivationCapture:
@@ -65,7 +60,6 @@ class PreactivationCapture:
 
     Args:
         layers: ``{name: module}`` (from :func:`curvlab.curvature.coverage.layer_coverage`).
-        model: The network whose output :attr:`Recording.model_output` records (optional).
         who: Optimizer name for error messages.
 
     Example:
@@ -80,12 +74,8 @@ class PreactivationCapture:
         0
     """
 
-    def __init__(
-        self, layers: Mapping[str, nn.Module], *, model: nn.Module | None = None,
-        who: str = "kbfgs",
-    ) -> None:
+    def __init__(self, layers: Mapping[str, nn.Module], *, who: str = "kbfgs") -> None:
         self.layers = dict(layers)
-        self.model = model
         self.who = who
 
     def _layer_hook(self, name: str, rec: Recording, inputs: bool) -> Any:
@@ -115,13 +105,6 @@ class PreactivationCapture:
 
         return hook
 
-    def _model_hook(self, rec: Recording) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if isinstance(output, Tensor):
-                rec.model_output = output.detach()
-
-        return hook
-
     @contextmanager
     def recording(self, *, inputs: bool) -> Iterator[Recording]:
         """Record the layers during the block.
@@ -135,8 +118,6 @@ class PreactivationCapture:
         rec = Recording()
         handles = [m.register_forward_hook(self._layer_hook(n, rec, inputs))
                    for n, m in self.layers.items()]
-        if self.model is not None:
-            handles.append(self.model.register_forward_hook(self._model_hook(rec)))
         try:
             yield rec
         finally:

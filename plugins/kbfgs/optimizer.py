@@ -30,20 +30,35 @@ Kronecker product :math:`A \otimes G`, whose inverse is kept as
    :math:`\mu_2 = \sqrt\lambda`) against the current :math:`H_g`, then a BFGS
    update of :math:`H_g` (K-BFGS) or a push into the L-BFGS memory
    (K-BFGS(L), :math:`H_0 = I`). Unsafe pairs are skipped and counted.
+5. With ``line_search`` (default): the objective :math:`F` (the paper-normalised
+   loss plus :math:`\frac w2\|\theta\|^2`) at :math:`\theta^+`, known from
+   the second evaluation, is checked against the Armijo condition; if it
+   fails, :math:`\theta \leftarrow \theta + t\,\Delta` with :math:`t \in
+   [0.1, 0.5]` from a quadratic interpolation
+   (:mod:`curvlab_plugins.kbfgs.line_search`; no extra evaluation). The pair
+   of step 4 is kept (it is a valid secant pair between :math:`\theta` and
+   :math:`\theta^+`). ``line_search=False`` is the paper's algorithm.
 
 Loss normalisation: the hyper-parameters refer to the paper's loss, the
-mean over examples of a per-example loss summed over outputs; gradients and
-:math:`\bar g` (the mean per-example gradient of the summed loss) are
-converted to it from the ``loss_fn``'s reduction and the model's output
-shape (:mod:`curvlab_plugins.kbfgs.normalisation`; e.g. ×64 for a
-``BCEWithLogitsLoss()`` with the default mean reduction on 64 pixels), so
-the paper's defaults mean the same whatever the reduction. Counters in
-``optimizer.stats``: ``pairs`` (pairs formed), ``powell_damped``,
-``lm_damped``, ``skipped_pairs`` (pairs not used: zero, non-finite, or not
-safely positive after damping; then :math:`H_g` is left unchanged).
+mean over examples of a per-example loss summed over outputs. At every
+evaluation the factor :math:`\kappa` with :math:`L_\text{paper} = \kappa
+L_\text{closure}` is *measured* from the gradients at the network outputs
+that the closure fed into ``loss_fn`` (:mod:`curvlab_plugins.kbfgs.normalisation`);
+gradients and :math:`\bar g` (the mean per-example gradient of the summed
+loss) are multiplied by it, so the paper's defaults mean the same whatever
+the closure returns (mean, sum, sum over the batch size, a multiple, plus
+parameter penalties). ``loss_fn`` is required; a closure that is not a
+positive multiple of it at the outputs is refused at its first step.
+Counters in ``optimizer.stats``: ``pairs`` (pairs formed),
+``powell_damped``, ``lm_damped``, ``skipped_pairs`` (pairs not used: zero,
+non-finite, or not safely positive after damping; then :math:`H_g` is left
+unchanged), ``retracted_steps`` (steps cut by the line search); values:
+``loss_scale`` (the last :math:`\kappa`), ``step_fraction`` (the last
+:math:`t`, 1 for a kept step).
 
-Scopes: every hyper-parameter is per param group (a layer uses the group
-of its weight). Shapes per ``Linear(d_in, d_out)`` layer: :math:`A, H_a`
+Scopes: every hyper-parameter but ``line_search`` (optimizer-wide: the
+test is on the whole step) is per param group (a layer uses the group of
+its weight). Shapes per ``Linear(d_in, d_out)`` layer: :math:`A, H_a`
 ``(d_in + 1, d_in + 1)`` with a trainable bias (``(d_in, d_in)`` without
 one, or with a frozen one: a frozen bias is a constant, not part of the
 block), :math:`H_g` ``(d_out, d_out)``, :math:`s, y` ``(d_out,)``. Frozen
@@ -79,11 +94,12 @@ from curvlab.curvature.descent import descend_
 from curvlab.curvature.double_damping import DampedPair, double_damping, double_damping_blocks
 from curvlab.curvature.finite import all_finite, finite_flags
 from curvlab.curvature.lbfgs import LBFGSMemory, compact_apply, compact_factors
-from curvlab.hparams import HParam, Schema
+from curvlab.hparams import OPTIMIZER, HParam, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 from curvlab_plugins.kbfgs.blocks import Blocks
-from curvlab_plugins.kbfgs.capture import PreactivationCapture, Recording
-from curvlab_plugins.kbfgs.normalisation import paper_loss_scale
+from curvlab_plugins.kbfgs.capture import PreactivationCapture
+from curvlab_plugins.kbfgs.line_search import step_fraction
+from curvlab_plugins.kbfgs.normalisation import PaperNormalisation
 
 __all__ = ["KBFGS", "KBFGSL", "LayerStatistics"]
 
@@ -105,13 +121,21 @@ _COMMON = [
     HParam("mu1", float, 0.2, "Powell damping threshold μ₁", low=0.0, high=1.0, low_open=True,
            high_open=True),
     HParam("weight_decay", float, 1e-5, "L2 coefficient w added to the gradient", low=0.0),
+    HParam("line_search", bool, True,
+           "cut a step that fails the Armijo test at θ⁺ (second evaluation, no extra cost) to "
+           "the quadratic-interpolation minimiser in [0.1, 0.5]; False: the paper's algorithm",
+           scope=OPTIMIZER),
 ]
+
+#: What to change when a run keeps skipping steps (OptimizerMeta.divergence_hint).
+_HINT = "lower lr (e.g. lr=0.1) or raise damping (e.g. damping=1.0); keep line_search=True"
 
 
 def _meta(summary: str, *tags: str) -> OptimizerMeta:
     """What K-BFGS and K-BFGS(L) declare alike (Linear layers, a closure evaluated twice)."""
     return OptimizerMeta(summary=summary, paper=_PAPER, layers=("Linear",), requires_closure=True,
-                         conformance={"lr": 0.3}, tags=("quasi-newton", "kronecker", *tags))
+                         needs_loss_fn=True, conformance={"lr": 0.3}, divergence_hint=_HINT,
+                         tags=("quasi-newton", "kronecker", *tags))
 
 
 @dataclass(frozen=True)
@@ -119,15 +143,28 @@ class LayerStatistics:
     r"""One evaluation's per-layer statistics, in the paper's loss normalisation.
 
     Attributes:
-        records: ``{layer: {"h_mean", "g_mean", ["x"]}}`` with
-            :math:`\bar g = c \sum_n \partial L/\partial h_n`
-            (:mod:`~curvlab_plugins.kbfgs.capture`).
-        scale: The factor :math:`c` (:func:`~curvlab_plugins.kbfgs.normalisation.paper_loss_scale`),
-            also applied to the weight gradients.
+        records: ``{layer: {"h_mean", "g_sum", ["x"]}}``, ``g_sum`` :math:`=
+            \sum_n \partial L_\text{closure}/\partial h_n`
+            (:mod:`~curvlab_plugins.kbfgs.capture`); the paper's
+            :math:`\bar g` is :math:`\kappa` ``g_sum``.
+        scale: The measured :math:`\kappa` with :math:`L_\text{paper} =
+            \kappa L_\text{closure}`
+            (:class:`~curvlab_plugins.kbfgs.normalisation.PaperNormalisation`), also
+            applied to the weight gradients; ``None`` when nothing could be
+            measured (no finite, non-zero gradient at the outputs).
     """
 
     records: dict[str, dict[str, Tensor]]
-    scale: float
+    scale: float | None
+
+
+def _value(loss: Any) -> float:
+    """A closure's loss as a Python float (NaN when it returned nothing usable)."""
+    if isinstance(loss, Tensor) and loss.numel() == 1:
+        return float(loss.detach())
+    if isinstance(loss, (int, float)):
+        return float(loss)
+    return math.nan
 
 
 def _bfgs_blocks(Hs: list[Tensor], Vs: list[Tensor]) -> tuple[list[Tensor], Tensor]:
@@ -184,25 +221,14 @@ class _KBFGSBase(CurvatureOptimizer):
         #: the trainable bias of each layer (None: no bias, or a frozen one)
         self._bias = {n: (m.bias if coverage.trainable(m.bias) else None)
                       for n, m in self._layers.items()}
-        self._capture = PreactivationCapture(self._layers, model=model, who=self.name)
+        self._capture = PreactivationCapture(self._layers, who=self.name)
+        self._normalisation = PaperNormalisation(self.loss_fn, who=self.name)
         self._blocks: dict[tuple[str, ...], Blocks] = {}
 
-    def _statistics(self, rec: Recording) -> LayerStatistics:
-        r"""The recording in the paper's normalisation (:math:`\bar g = c\,` ``g_sum``)."""
-        out = rec.model_output
-        scale = paper_loss_scale(self.loss_fn, out) if out is not None else 1.0
-        records = {}
-        for name, r in rec.records.items():
-            entry = {k: v for k, v in r.items() if k != "g_sum"}
-            if "g_sum" in r:
-                entry["g_mean"] = r["g_sum"].mul(scale) if scale != 1.0 else r["g_sum"]
-            records[name] = entry
-        return LayerStatistics(records, scale)
-
     def _evaluate(self, closure: Callable[..., Tensor]) -> Evaluation[LayerStatistics]:
-        with self._capture.recording(inputs=True) as rec:
+        with self._capture.recording(inputs=True) as rec, self._normalisation:
             loss = call_closure(closure, who=self.name)
-        return Evaluation(loss, self._statistics(rec))
+        return Evaluation(loss, LayerStatistics(rec.records, self._normalisation.factor(loss)))
 
     def _blocks_for(self, names: list[str], like: Tensor) -> Blocks:
         """The (cached) concatenation layout of the layers' output widths."""
@@ -246,11 +272,17 @@ class _KBFGSBase(CurvatureOptimizer):
         first = evaluation.data.records
         names = [
             n for n, m in self._layers.items()
-            if m.weight.grad is not None and "g_mean" in first.get(n, {})
+            if m.weight.grad is not None and "g_sum" in first.get(n, {})
         ]
         if not names:
             return Step()
-        new_mom = self._momenta(names, evaluation.data.scale)
+        scale = evaluation.data.scale
+        if scale is None:  # a perfect fit (zero gradient at the outputs): the last measurement
+            scale = self.stats.get("loss_scale")
+            if scale is None:
+                return Skip("the loss normalisation could not be measured: no finite, non-zero "
+                            "gradient reached loss_fn's input")
+        new_mom = self._momenta(names, scale)
         entries: dict[str, dict[str, Tensor]] = {}
         upd_names, upd_H, upd_V = [], [], []
         for name in names:
@@ -296,13 +328,43 @@ class _KBFGSBase(CurvatureOptimizer):
                     params.append(p)
                     steps.append(d)
                     lrs.append(self.coverage.group(p)["lr"])
+        line_search = self.optimizer_hparams["line_search"]
+        if line_search:  # F'(0) and the weight-decay part of F(θ⁺) − F(θ), before moving
+            slope, decay_change = self._directional(params, steps, lrs, scale)
         if not descend_(params, steps, lrs):
             return Skip("non-finite update (overflow of lr · direction)")
         # committed: momenta and curvature of phase 1, then the pairs at θ⁺
         for p, m in new_mom.items():
             self.state[p]["momentum_buffer"] = m
         self.curv_state.update(entries)
-        return Step(counts=self._pre_activation_pairs(closure, first, names, prepared))
+        counts, loss_plus = self._pre_activation_pairs(closure, first, names, prepared, scale)
+        values = {"loss_scale": scale}
+        if line_search:
+            f0 = scale * _value(evaluation.loss)
+            f1 = scale * _value(loss_plus) + decay_change
+            t = step_fraction(f0, slope, f1)
+            values["step_fraction"] = t
+            counts["retracted_steps"] = int(t < 1.0)
+            # θ⁺ − (1 − t)(−α P) = θ + tΔ (guarded like any step; refused only on overflow)
+            if t < 1.0:
+                descend_(params, steps, [-(1.0 - t) * lr for lr in lrs])
+        return Step(counts=counts, values=values)
+
+    def _directional(self, params: list[Tensor], steps: list[Tensor], lrs: list[float],
+                     scale: float) -> tuple[float, float]:
+        r""":math:`F'(0)` and :math:`\sum_p \frac{w_p}2 (\|p + \Delta_p\|^2 - \|p\|^2)`, one sync.
+
+        :math:`F'(0) = \sum_p \langle \kappa\, g_p + w_p\, p, \Delta_p\rangle` for the
+        step :math:`\Delta_p = -\alpha_p P_p` about to be applied.
+        """
+        terms = []
+        for p, d, lr in zip(params, steps, lrs):
+            wd = self.coverage.group(p)["weight_decay"]
+            gd, pd, dd = (torch.vdot(t.reshape(-1), d.reshape(-1)) for t in (p.grad, p, d))
+            terms.append(torch.stack([-lr * (scale * gd + wd * pd),
+                                      wd * (-lr * pd + 0.5 * lr * lr * dd)]))
+        slope, decay = torch.stack(terms).double().sum(0).tolist()
+        return slope, decay
 
     def _first_entry(self, X: Tensor, weight: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """State of a layer's first step: A from the batch, H_a = (A + λ_A I)⁻¹ explicitly, H_g = I."""
@@ -317,14 +379,15 @@ class _KBFGSBase(CurvatureOptimizer):
 
     def _pre_activation_pairs(
         self, closure: Callable[..., Tensor], first: dict[str, dict[str, Tensor]], names: list[str],
-        prepared: dict[str, Any],
-    ) -> dict[str, int]:
+        prepared: dict[str, Any], scale: float,
+    ) -> tuple[dict[str, int], Any]:
         """Second evaluation at θ⁺ on the same batch, then the damped H_g updates (one sync).
 
         Returns:
-            The step's counters (``pairs``, ``powell_damped``, ``lm_damped``, ``skipped_pairs``).
+            The step's counters (``pairs``, ``powell_damped``, ``lm_damped``,
+            ``skipped_pairs``) and the closure's loss at θ⁺.
         """
-        with self._capture.recording(inputs=False) as rec, torch.enable_grad():
+        with self._capture.recording(inputs=False) as rec, torch.enable_grad(), self._normalisation:
             if accepts(closure, "backward"):
                 # only ∂L/∂h is needed: skip the weight gradients and leave .grad alone
                 loss = call_closure(closure, who=self.name, backward=False)
@@ -332,28 +395,35 @@ class _KBFGSBase(CurvatureOptimizer):
                 if outs and isinstance(loss, Tensor) and loss.requires_grad:
                     torch.autograd.grad(loss, outs, allow_unused=True)
             else:
-                call_closure(closure, who=self.name)
-        second = self._statistics(rec).records
-        pair_names = [n for n in names if "g_mean" in second.get(n, {})]
+                loss = call_closure(closure, who=self.name)
+        measured = self._normalisation.factor(loss)
+        second = rec.records
+        pair_names = [n for n in names if "g_sum" in second.get(n, {})]
         missing = len(names) - len(pair_names)
         counts = [0, 0, missing]
         if pair_names:
-            counts = [c + v for c, v in zip(counts, self._damped_updates(first, second, pair_names,
-                                                                          prepared))]
+            scales = (scale, scale if measured is None else measured)
+            counts = [c + v for c, v in zip(counts, self._damped_updates(
+                first, second, pair_names, prepared, scales))]
         return {"pairs": len(names), "powell_damped": counts[0], "lm_damped": counts[1],
-                "skipped_pairs": counts[2]}
+                "skipped_pairs": counts[2]}, loss
 
     def _damped_updates(
         self, first: dict[str, dict[str, Tensor]], second: dict[str, dict[str, Tensor]],
-        names: list[str], prepared: dict[str, Any],
+        names: list[str], prepared: dict[str, Any], scales: tuple[float, float],
     ) -> list[int]:
-        """Smoothed pairs, double damping and H_g candidates for all layers at once; commit."""
+        r"""Smoothed pairs, double damping and H_g candidates for all layers at once; commit.
+
+        ``scales``: :math:`\kappa` of the evaluations at θ and θ⁺ (:math:`\bar g = \kappa`
+        ``g_sum``).
+        """
         entries = [self.curv_state[n] for n in names]
         groups = [self.coverage.group(self._layers[n].weight) for n in names]
         blocks = self._blocks_for(names, entries[0]["s"])
         cat = torch.cat
         s_new = cat([second[n]["h_mean"] for n in names]) - cat([first[n]["h_mean"] for n in names])
-        y_new = cat([second[n]["g_mean"] for n in names]) - cat([first[n]["g_mean"] for n in names])
+        y_new = (cat([second[n]["g_sum"] for n in names]) * scales[1]
+                 - cat([first[n]["g_sum"] for n in names]) * scales[0])
         s_old, y_old = cat([e["s"] for e in entries]), cat([e["y"] for e in entries])
         # a layer's new pair is used only if finite (a sum is non-finite iff an entry is, or overflow)
         fresh = torch.isfinite(blocks.dots([(s_new + y_new, torch.ones_like(s_new))])[:, 0])
@@ -404,12 +474,15 @@ class KBFGS(_KBFGSBase):
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
         >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
-        >>> opt = curvlab.create("kbfgs", model, torch.nn.MSELoss(), lr=0.1)
+        >>> mse = torch.nn.MSELoss()
+        >>> opt = curvlab.create("kbfgs", model, mse, lr=0.1)
         >>> x, y = torch.randn(16, 3), torch.randn(16, 2)
         >>> for _ in range(3):
-        ...     _ = opt.step(curvlab.closure(model, torch.nn.MSELoss(), x, y))
+        ...     _ = opt.step(curvlab.closure(model, mse, x, y))
         >>> opt.stats["pairs"], sorted(opt.curv_state["0"])
         (6, ['A', 'H_a', 'H_g', 's', 'y'])
+        >>> opt.stats["loss_scale"]   # MSELoss() averages over 2 outputs: L_paper = 2 L
+        2.0
     """
 
     name = "kbfgs"
@@ -449,10 +522,11 @@ class KBFGSL(_KBFGSBase):
     Example:
         >>> import torch, curvlab
         >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2))
-        >>> opt = curvlab.create("K-BFGS(L)", model, torch.nn.MSELoss(), memory=2)
+        >>> mse = torch.nn.MSELoss()
+        >>> opt = curvlab.create("K-BFGS(L)", model, mse, memory=2)
         >>> x, y = torch.randn(8, 3), torch.randn(8, 2)
         >>> for _ in range(4):
-        ...     _ = opt.step(curvlab.closure(model, torch.nn.MSELoss(), x, y))
+        ...     _ = opt.step(curvlab.closure(model, mse, x, y))
         >>> opt.curv_state["0"]["S"].shape[0] <= 2
         True
     """
