@@ -138,6 +138,7 @@ class OptimizerInfo:
             lines.append(
                 f"  {row['name']:<16} {row['type']:<6} default {row['default']:<10} "
                 f"range {row['range']:<20} {row['scope']:<9} {row['doc']}"
+                + (f" [search space: {row['space']}]" if row.get("space") else "")
             )
         return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""The ``curvlab`` command line: ``list``, ``info``, ``compare``, ``ablate``, ``report``.
+"""The ``curvlab`` command line: ``list``, ``info``, ``data``, ``compare``, ``ablate``, ``report``, ``merge``.
 
 The options shared by ``compare`` and ``ablate`` (budget, seeds, target,
 device, dtype, threads, store, executor, ...) are derived from the fields
@@ -38,13 +38,17 @@ EXAMPLES = """\
 examples:
   curvlab list --all                       optimizers (also those needing extras) and problems
   curvlab list --verify                    import every plugin, report broken ones
-  curvlab info kfac                        hyper-parameters, paper, supported layers
+  curvlab info kfac                        hyper-parameters, search space, paper, layers
+  curvlab data                             every dataset: where it was found, how to get it
   curvlab compare --problem digits-mlp --optimizers all
-  curvlab compare --problem digits-autoencoder --optimizers kfac,kbfgs,adam --tune --seeds 3
+  curvlab compare --problem digits-mlp --optimizers sgd,adam,kfac --tune --trials 8 --seeds 3
   curvlab compare --problem quadratic --optimizers sgd,adam --steps 200 --hp adam.lr=0.01
-  curvlab ablate --problem digits-mlp --optimizer sgd --hparam lr --values 0.3,0.1,0.03
+  curvlab compare --problem digits-mlp --optimizers sgd --grid sgd.lr=0.3,0.1,0.03 --seeds 3
+  curvlab ablate --problems digits-mlp,quadratic --optimizer kfac \\
+      --vary damping_heuristic=pi,equal --vary inverse_every=10,50 --retune lr
   curvlab report --store curvlab-results.sqlite --out curvlab-report
-  curvlab report --store curvlab-results.sqlite --profile --measure steps --out curvlab-report
+  curvlab report --store curvlab-results.sqlite --score --measure ref-steps
+  curvlab merge machine1.sqlite machine2.sqlite --out all.sqlite
 """
 
 #: Exit status of a process whose stdout reader went away (128 + SIGPIPE).
@@ -132,8 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         >>> build_parser().parse_args(["info", "sgd"]).name
         'sgd'
     """
-    from curvlab.harness.compare import SELECT
-    from curvlab.harness.profiles import DEFAULT_TAUS, MEASURES
+    from curvlab.harness.profiles import DEFAULT_R_MAX, DEFAULT_TAUS, MEASURES
+    from curvlab.harness.report import FORMATS
 
     fmt = argparse.RawDescriptionHelpFormatter
     common = _Parser(add_help=False)
@@ -154,52 +158,97 @@ def build_parser() -> argparse.ArgumentParser:
                        parents=[common],
                        epilog="examples:\n  curvlab info kfac\n  curvlab info digits-mlp\n")
     p.add_argument("name")
+    p = sub.add_parser("data", help="list every dataset: where it was found, how to get it",
+                       formatter_class=fmt, parents=[common],
+                       epilog="examples:\n  curvlab data\n  curvlab data --data-dir ~/mnist\n")
+    p.add_argument("--data-dir", default=None,
+                   help="folder to search first (then only it), as for compare")
 
     p = sub.add_parser("compare", help="compare optimizers on a problem", formatter_class=fmt,
                        parents=[common], epilog=EXAMPLES)
     p.add_argument("--problem", required=True, help="problem name (see `curvlab list`)")
     p.add_argument("--optimizers", nargs="+", default=["all"],
                    help="names (space- or comma-separated) or 'all' (default)")
-    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=False,
-                   help="grid-search each optimizer's schema grid first (default off)")
-    p.add_argument("--select", default="loss", metavar="{" + ",".join(SELECT) + "}",
-                   help="tuning criterion: final train loss or time to target (default loss)")
+    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="shorthand for --ruleset tuned (--no-tune: --ruleset defaults)")
     p.add_argument("--hp", action="append", default=[], metavar="OPT.NAME=VALUE",
-                   help="fix a hyper-parameter (repeatable), e.g. adam.lr=0.01")
+                   help="fix a hyper-parameter (repeatable, never tuned), e.g. adam.lr=0.01")
+    p.add_argument("--grid", action="append", default=[], metavar="OPT.NAME=V1,V2,...",
+                   help="tune OPT over an explicit grid instead of its quasi-random trials "
+                        "(repeatable: the product of the grids), e.g. sgd.lr=0.3,0.1,0.03")
     _add_run_arguments(p)
 
-    p = sub.add_parser("ablate", help="vary one hyper-parameter of one optimizer",
+    p = sub.add_parser("ablate", help="vary hyper-parameters of one optimizer (cartesian product)",
                        formatter_class=fmt, parents=[common], epilog=EXAMPLES)
-    p.add_argument("--problem", required=True, help="problem name (see `curvlab list`)")
+    p.add_argument("--problems", "--problem", dest="problems", required=True,
+                   help="problem name(s), comma-separated (see `curvlab list`)")
     p.add_argument("--optimizer", required=True)
-    p.add_argument("--hparam", required=True, help="the hyper-parameter to vary")
+    p.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="a factor and its levels (repeatable: the cells are the product); tuple "
+                        "levels in parentheses, e.g. betas=(0.9,0.999),(0.95,0.95)")
+    p.add_argument("--hparam", default=None, help="one factor (with --values; same as --vary)")
     p.add_argument("--values", default=None,
-                   help="comma-separated values (default: the schema grid / choices)")
+                   help="levels of --hparam, comma-separated (default: its choices)")
+    p.add_argument("--retune", default=None, metavar="NAME[,NAME]",
+                   help="re-tune these hyper-parameters in every cell with the same --trials "
+                        "budget, e.g. lr or lr,damping")
     p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
                    help="fix another hyper-parameter of the optimizer (repeatable)")
     _add_run_arguments(p)
 
-    p = sub.add_parser("report", help="write the report of a stored comparison",
+    p = sub.add_parser("report", help="write the report of a stored comparison, profiles, scores",
                        formatter_class=fmt, parents=[common],
                        epilog="examples:\n  curvlab report --store curvlab-results.sqlite --out rep\n"
+                              "  curvlab report --store curvlab-results.sqlite --format parquet\n"
                               "  curvlab report --store curvlab-results.sqlite --profile "
-                              "--measure seconds --out rep\n")
+                              "--measure seconds --out rep\n"
+                              "  curvlab report --store curvlab-results.sqlite --score "
+                              "--measure ref-steps --r-max 4\n")
     p.add_argument("--store", default=DEFAULT_STORE,
                    help="results store, opened read-only (default %(default)s)")
     p.add_argument("--comparison", default=argparse.SUPPRESS,
                    help="comparison id (default: the latest)")
     p.add_argument("--out", default=DEFAULT_REPORT, help="report folder (default %(default)s)")
-    g = p.add_argument_group("performance profiles across problems (Dolan-More)")
+    p.add_argument("--format", default=argparse.SUPPRESS, metavar="{" + ",".join(FORMATS) + "}",
+                   help="report tables: markdown (with CSV and plots; default) or parquet "
+                        "(pip install 'curvlab[parquet]'); comma-separated for both")
+    g = p.add_argument_group("across problems: performance profiles (Dolan-More) and the "
+                             "benchmark score (AlgoPerf)")
     g.add_argument("--profile", action="store_true",
                    help="write a performance profile of the stored comparisons instead")
+    g.add_argument("--score", action="store_true",
+                   help="print and write the integrated performance-profile score per optimizer")
     g.add_argument("--measure", default=argparse.SUPPRESS, metavar="{" + ",".join(MEASURES) + "}",
-                   help="cost: steps or seconds to the target, or final train loss (default steps)")
+                   help="cost: steps, seconds or reference steps to the validation target, or "
+                        "final train / validation loss (default steps)")
+    g.add_argument("--r-max", dest="r_max", type=_argument_type(_r_max), default=argparse.SUPPRESS,
+                   metavar="R", help=f"upper limit of the score's integral (default {DEFAULT_R_MAX:g})")
     g.add_argument("--comparisons", default=argparse.SUPPRESS,
                    help="comma-separated comparison ids (default: all in the store)")
     g.add_argument("--taus", default=argparse.SUPPRESS,
                    help="comma-separated tau values of the rho table "
                         f"(default {','.join(f'{t:g}' for t in DEFAULT_TAUS)})")
+
+    p = sub.add_parser("merge", help="combine results stores (e.g. from several machines)",
+                       formatter_class=fmt, parents=[common],
+                       epilog="examples:\n  curvlab merge a.sqlite b.sqlite --out all.sqlite\n")
+    p.add_argument("stores", nargs="+", metavar="STORE", help="input stores (read-only)")
+    p.add_argument("--out", required=True, help="output store (created, or added to)")
+    p.add_argument("--on-conflict", dest="on_conflict", default="refuse",
+                   metavar="{refuse,first}",
+                   help="a run whose copies disagree: refuse the merge (default) or keep the "
+                        "first store's copy")
     return parser
+
+
+def _r_max(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--r-max must be a number > 1, got {text!r}") from None
+    if not value > 1 or value == float("inf"):
+        raise ValueError(f"--r-max must be a finite number > 1, got {text!r}")
+    return value
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -258,32 +307,66 @@ def _report_folder(report: str) -> str | None:
     return report
 
 
-def _finish(comp: Any, report: str | None) -> int:
+def _finish(comp: Any, report: str | None, formats: tuple[str, ...] = ("markdown",)) -> int:
     from curvlab.harness.report import markdown_table
 
     rows = comp.summary()
-    print(markdown_table(rows, comp.spec["seeds"]))
+    print(markdown_table(rows))
+    mixed = comp.environments()
+    if mixed:
+        what = "; ".join(f"{k}: {' vs '.join(v)}" for k, v in mixed.items())
+        print(f"curvlab: warning: comparison {comp.id} mixes environments ({what})",
+              file=sys.stderr)
     if report is not None:
-        paths = comp.report(report)
+        paths = comp.report(report, formats=formats)
         print(f"report: {paths[0].parent} ({', '.join(p.name for p in paths)})")
     print(f"comparison {comp.id} stored in {comp.store.path}")
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from curvlab.harness.data import data_listing
+
+    print(data_listing(args.data_dir))
+    return 0
+
+
+def _grid_pairs(items: list[str]) -> dict[str, dict[str, list[str]]]:
+    """``opt.name=v1,v2`` → ``{opt: {name: [v1, v2]}}`` (tuple values in parentheses stay whole)."""
+    from curvlab.harness.ablation import split_values
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for opt, values in _hp_pairs(items).items():
+        for name, text in values.items():
+            levels = split_values(text)
+            if not levels:
+                raise _CliError(f"--grid {opt}.{name}= has no values")
+            out.setdefault(opt, {})[name] = levels
+    return out
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from curvlab.harness.compare import compare
 
+    if hasattr(args, "tune"):
+        wanted = "tuned" if args.tune else "defaults"
+        if getattr(args, "ruleset", wanted) != wanted:
+            raise _CliError(f"--{'' if args.tune else 'no-'}tune contradicts --ruleset "
+                            f"{args.ruleset}")
+        args.ruleset = wanted
     settings = _settings(args)
     hps = _hp_pairs(args.hp)
+    grids = _grid_pairs(args.grid)
     report = _report_folder(args.report)
-    comp = compare(args.problem, ",".join(args.optimizers), tune=args.tune, select=args.select,
-                   hparams=hps, settings=settings)
+    comp = compare(args.problem, ",".join(args.optimizers), hparams=hps, grids=grids,
+                   settings=settings)
     return _finish(comp, report)
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
     import curvlab
-    from curvlab.harness.compare import ablate
+    from curvlab.harness.ablation import ablate, default_levels, split_values
+    from curvlab.harness.report import markdown_table
 
     settings = _settings(args)
     opt = curvlab.info(args.optimizer).name
@@ -292,39 +375,111 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
         if curvlab.info(other).name != opt:
             raise _CliError(f"--hp {other}.…: ablate fixes hyper-parameters of {opt} only")
     fixed = {k: v for d in hps.values() for k, v in d.items()}
-    values = [v for v in args.values.split(",")] if args.values is not None else None
-    if values is not None and not any(v.strip() for v in values):
-        raise _CliError("--values is empty; give comma-separated values or leave it out")
+    vary: dict[str, Any] = {}
+    for item in args.vary:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise _CliError(f"--vary expects NAME=V1,V2,... (e.g. damping=0.1,0.01), got {item!r}")
+        levels = split_values(text)
+        if not levels:
+            raise _CliError(f"--vary {name.strip()}= has no values")
+        vary[name.strip()] = levels
+    if args.values is not None and args.hparam is None:
+        raise _CliError("--values goes with --hparam NAME (or use --vary NAME=V1,V2)")
+    if args.hparam is not None:
+        if args.hparam in vary:
+            raise _CliError(f"{args.hparam} is given with both --hparam and --vary")
+        if args.values is not None:
+            levels = split_values(args.values)
+            if not levels:
+                raise _CliError("--values is empty; give comma-separated values or leave it out")
+            vary[args.hparam] = levels
+        else:
+            vary[args.hparam] = default_levels(opt, args.hparam)
+    if not vary:
+        raise _CliError("nothing to vary: give --vary NAME=V1,V2 (or --hparam NAME --values ...)")
     report = _report_folder(args.report)
-    comp = ablate(args.problem, opt, args.hparam, values, hparams=fixed, settings=settings)
-    return _finish(comp, report)
+    abl = ablate(args.problems, opt, vary, retune=args.retune, hparams=fixed, settings=settings)
+    for factor in abl.factors:
+        rows = abl.factor_table(factor)
+        print(f"{factor}:")
+        for r in rows:
+            print(f"  {r['level']:<14} {r['problem']:<20} val loss {r['val_loss']:.4g} "
+                  f"(95% CI {r['val_loss_ci_low']:.4g}..{r['val_loss_ci_high']:.4g}), "
+                  f"{r['reached']}/{r['runs']} reached the target")
+    for problem, comp in abl.comparisons.items():
+        print(f"\n{problem}:")
+        print(markdown_table(comp.summary()))
+    if report is not None:
+        paths = abl.report(report)
+        print(f"report: {paths[0].parent} ({', '.join(p.name for p in paths)})")
+    ids = ", ".join(c.id for c in abl.comparisons.values())
+    store = next(iter(abl.comparisons.values())).store.path
+    print(f"ablation comparisons {ids} stored in {store}")
+    return 0
+
+
+def _formats(args: argparse.Namespace) -> tuple[str, ...]:
+    from curvlab.harness.report import FORMATS
+
+    text = getattr(args, "format", "markdown")
+    out = tuple(f.strip() for f in text.split(",") if f.strip())
+    bad = [f for f in out if f not in FORMATS]
+    if bad or not out:
+        raise _CliError(f"--format must be among {', '.join(FORMATS)} (comma-separated), "
+                        f"got {text!r}")
+    return out
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from curvlab.harness.compare import Comparison
     from curvlab.harness.store import Store
 
-    profile_only = [f"--{k}" for k in ("measure", "comparisons", "taus") if hasattr(args, k)]
-    if profile_only and not args.profile:
-        raise _CliError(f"{', '.join(profile_only)} only apply with --profile")
-    if args.profile and hasattr(args, "comparison"):
-        raise _CliError("--comparison selects one report; with --profile use --comparisons")
+    across = args.profile or args.score
+    profile_only = [f"--{k.replace('_', '-')}" for k in ("measure", "comparisons", "taus")
+                    if hasattr(args, k)]
+    if profile_only and not across:
+        raise _CliError(f"{', '.join(profile_only)} only apply with --profile or --score")
+    if hasattr(args, "r_max") and not args.score:
+        raise _CliError("--r-max only applies with --score")
+    if hasattr(args, "taus") and not args.profile:
+        raise _CliError("--taus only applies with --profile")
+    if across and hasattr(args, "comparison"):
+        raise _CliError("--comparison selects one report; with --profile/--score use --comparisons")
+    if across and hasattr(args, "format"):
+        raise _CliError("--format applies to the report of one comparison, not to --profile/--score")
+    formats = _formats(args)
     store = Store(args.store, readonly=True)
     try:
-        if args.profile:
+        if across:
             return _profile(store, args)
         cid, spec = store.comparison(getattr(args, "comparison", None))
-        return _finish(Comparison(cid, store, spec), args.out)
+        return _finish(Comparison(cid, store, spec), args.out, formats)
     finally:
         store.close()
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from curvlab.harness.merge import merge_stores
+
+    s = merge_stores(args.stores, args.out, on_conflict=args.on_conflict)
+    for text in s.conflicts_kept_first:
+        print(f"curvlab: warning: kept the first copy of {text}", file=sys.stderr)
+    print(f"merged {len(args.stores)} store(s) into {args.out}: {s.runs_added} run(s) added, "
+          f"{s.runs_same} found in several stores with the same results, "
+          f"{s.comparisons_added} comparison(s), {s.members_added} membership(s) added")
+    return 0
+
+
 def _profile(store: Any, args: argparse.Namespace) -> int:
     from curvlab.harness.profiles import (
+        DEFAULT_R_MAX,
         DEFAULT_TAUS,
         performance_profile,
         profile_table,
+        score_table,
         write_profile,
+        write_score,
     )
 
     text = getattr(args, "taus", None)
@@ -341,14 +496,20 @@ def _profile(store: Any, args: argparse.Namespace) -> int:
     if ids is not None and not ids:
         raise _CliError("--comparisons is empty; give comma-separated ids or leave it out")
     prof = performance_profile(store, ids, getattr(args, "measure", "steps"))
-    print(profile_table(prof, taus))
-    paths = write_profile(prof, args.out, taus)
-    print(f"profile: {paths[0].parent} ({', '.join(p.name for p in paths)})")
+    if args.profile:
+        print(profile_table(prof, taus))
+        paths = write_profile(prof, args.out, taus)
+        print(f"profile: {paths[0].parent} ({', '.join(p.name for p in paths)})")
+    if args.score:
+        r_max = getattr(args, "r_max", DEFAULT_R_MAX)
+        print(score_table(prof, r_max))
+        paths = write_score(prof, args.out, r_max)
+        print(f"score: {paths[0].parent} ({', '.join(p.name for p in paths)})")
     return 0
 
 
-HANDLERS = {"list": _cmd_list, "info": _cmd_info, "compare": _cmd_compare,
-            "ablate": _cmd_ablate, "report": _cmd_report}
+HANDLERS = {"list": _cmd_list, "info": _cmd_info, "data": _cmd_data, "compare": _cmd_compare,
+            "ablate": _cmd_ablate, "report": _cmd_report, "merge": _cmd_merge}
 
 
 def _dispatch(argv: Sequence[str] | None) -> int:

@@ -3,7 +3,7 @@
 Every optimizer declares its hyper-parameters exactly once as a
 :class:`Schema` of :class:`HParam` entries. Validation (with errors that name
 the parameter, the value and the allowed range), :func:`curvlab.info`, the
-CLI's ``--help``, the documentation tables and the tuning grids of the
+CLI's ``--help``, the documentation tables and the search spaces of the
 comparison harness are all derived from that declaration.
 
 Values are finite unless a declaration says otherwise (``finite=False``):
@@ -18,6 +18,14 @@ optimizer reads it per group at every step) or per optimizer
 objects or schedules from it, e.g. K-FAC's ``factor_every``). The base
 optimizer refuses a param-group override of a per-optimizer value
 (:meth:`Schema.validate_group`), whichever backend it is.
+A tunable hyper-parameter declares its *search space* (``space=``): a
+:class:`LogUniform` or :class:`Uniform` range, a :class:`OneMinusLogUniform`
+range for coefficients close to 1 (``1 - β`` log-uniform, as AlgoPerf tunes
+``one_minus_beta1``), a :class:`Choice` of feasible points, or, for tuple
+values, :class:`Entries` (one space or a fixed value per entry). A space
+maps points ``u`` of the unit cube ``[0, 1)^d`` to values
+(:meth:`HParam.draw`), so the harness can hand the *same* quasi-random
+points to every optimizer (:mod:`curvlab.harness.search`).
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["GROUP", "OPTIMIZER", "SCOPES", "HParam", "Schema"]
+__all__ = ["GROUP", "OPTIMIZER", "SCOPES", "Choice", "Entries", "HParam", "LogUniform",
+           "OneMinusLogUniform", "Schema", "Space", "Uniform"]
 
 _SCALARS = (bool, int, float, str)
 
@@ -38,6 +47,232 @@ GROUP = "group"
 OPTIMIZER = "optimizer"
 #: The allowed scopes.
 SCOPES = (GROUP, OPTIMIZER)
+
+
+class Space:
+    """A search space: maps a point ``u`` of the unit cube ``[0, 1)^dims`` to a value.
+
+    Subclasses: :class:`LogUniform`, :class:`Uniform`,
+    :class:`OneMinusLogUniform`, :class:`Choice` (one coordinate each) and
+    :class:`Entries` (one coordinate per non-fixed entry of a tuple).
+    """
+
+    @property
+    def dims(self) -> int:
+        """Unit-cube coordinates the space consumes."""
+        return 1
+
+    def value(self, u: Sequence[float]) -> Any:
+        """The value at ``u`` (``len(u) == dims``, every entry in ``[0, 1)``)."""
+        raise NotImplementedError
+
+    def ends(self) -> tuple[Any, ...]:
+        """Values the space can reach at its extremes (checked against the hparam's range)."""
+        raise NotImplementedError
+
+    @property
+    def text(self) -> str:
+        """Human-readable description, e.g. ``log-uniform [0.0001, 0.01]``."""
+        raise NotImplementedError
+
+
+def _unit(u: float) -> float:
+    u = float(u)
+    if not 0.0 <= u <= 1.0:
+        raise ValueError(f"unit-cube coordinate must be in [0, 1], got {u!r}")
+    return u
+
+
+def _bounds(kind: str, low: float, high: float, *, positive: bool = False) -> None:
+    for name, v in (("low", low), ("high", high)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{kind} {name} must be a finite number, got {v!r}")
+    if positive and low <= 0:
+        raise ValueError(f"{kind} needs 0 < low, got low={low!r}")
+    if not low < high:
+        raise ValueError(f"{kind} needs low < high, got [{low!r}, {high!r}]")
+
+
+@dataclass(frozen=True)
+class LogUniform(Space):
+    """``x = exp(log low + u · (log high − log low))``: uniform in ``log x`` on ``[low, high]``.
+
+    The usual space of step sizes and damping (AlgoPerf's ``"scaling": "log"``).
+
+    Example:
+        >>> s = LogUniform(1e-4, 1e-2)
+        >>> round(s.value([0.5]), 6), s.text
+        (0.001, 'log-uniform [0.0001, 0.01]')
+    """
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        _bounds("LogUniform", self.low, self.high, positive=True)
+
+    def value(self, u: Sequence[float]) -> float:
+        """``low · (high/low)^u``."""
+        a, b = math.log(self.low), math.log(self.high)
+        return math.exp(a + _unit(u[0]) * (b - a))
+
+    def ends(self) -> tuple[float, ...]:
+        """``(low, high)``."""
+        return (float(self.low), float(self.high))
+
+    @property
+    def text(self) -> str:
+        """``log-uniform [low, high]``."""
+        return f"log-uniform [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class Uniform(Space):
+    """``x = low + u · (high − low)``: uniform on ``[low, high]``.
+
+    Example:
+        >>> Uniform(0.0, 0.2).value([0.25]), Uniform(0.0, 0.2).text
+        (0.05, 'uniform [0, 0.2]')
+    """
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        _bounds("Uniform", self.low, self.high)
+
+    def value(self, u: Sequence[float]) -> float:
+        """``low + u (high − low)``."""
+        return self.low + _unit(u[0]) * (self.high - self.low)
+
+    def ends(self) -> tuple[float, ...]:
+        """``(low, high)``."""
+        return (float(self.low), float(self.high))
+
+    @property
+    def text(self) -> str:
+        """``uniform [low, high]``."""
+        return f"uniform [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class OneMinusLogUniform(Space):
+    """``x = 1 − y`` with ``y`` log-uniform on ``[low, high]``: coefficients close to 1.
+
+    Momentum and EMA coefficients matter through ``1 − β`` (the averaging
+    horizon ``1/(1 − β)``), so AlgoPerf tunes ``one_minus_beta1``
+    log-uniformly. ``0 < low < high ≤ 1``; ``x`` lies in ``[1 − high, 1 − low]``.
+
+    Example:
+        >>> s = OneMinusLogUniform(0.01, 0.1)
+        >>> round(s.value([0.0]), 6), round(s.value([0.5]), 6), s.text
+        (0.99, 0.968377, '1 - log-uniform [0.01, 0.1]')
+    """
+
+    low: float
+    high: float
+
+    def __post_init__(self) -> None:
+        _bounds("OneMinusLogUniform", self.low, self.high, positive=True)
+        if self.high > 1:
+            raise ValueError(f"OneMinusLogUniform needs high <= 1, got {self.high!r}")
+
+    def value(self, u: Sequence[float]) -> float:
+        """``1 − low · (high/low)^u``."""
+        return 1.0 - LogUniform(self.low, self.high).value(u)
+
+    def ends(self) -> tuple[float, ...]:
+        """``(1 − high, 1 − low)``."""
+        return (1.0 - self.high, 1.0 - self.low)
+
+    @property
+    def text(self) -> str:
+        """``1 - log-uniform [low, high]``."""
+        return f"1 - log-uniform [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class Choice(Space):
+    """A list of feasible points; ``u`` picks ``points[⌊u · k⌋]`` (``k`` points, equal weights).
+
+    Example:
+        >>> s = Choice(("pi", "equal"))
+        >>> s.value([0.2]), s.value([0.7]), s.text
+        ('pi', 'equal', "one of ['pi', 'equal']")
+    """
+
+    points: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.points, (tuple, list)) or not self.points:
+            raise ValueError(f"Choice needs a non-empty tuple of points, got {self.points!r}")
+        object.__setattr__(self, "points", tuple(self.points))
+
+    def value(self, u: Sequence[float]) -> Any:
+        """The point ``⌊u k⌋`` (``u = 1`` picks the last)."""
+        k = len(self.points)
+        return self.points[min(int(_unit(u[0]) * k), k - 1)]
+
+    def ends(self) -> tuple[Any, ...]:
+        """Every point."""
+        return self.points
+
+    @property
+    def text(self) -> str:
+        """``one of [...]``."""
+        return f"one of {list(self.points)!r}"
+
+
+@dataclass(frozen=True)
+class Entries(Space):
+    """A space for a tuple value: one :class:`Space` or a fixed number per entry.
+
+    Each entry that is a space consumes its coordinates, in order; fixed
+    entries consume none.
+
+    Example:
+        >>> s = Entries((OneMinusLogUniform(0.02, 0.5), 0.999))
+        >>> s.dims, tuple(round(v, 4) for v in s.value([0.0])), s.text
+        (1, (0.98, 0.999), '(1 - log-uniform [0.02, 0.5], 0.999)')
+    """
+
+    parts: tuple[Space | float, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.parts, (tuple, list)) or not self.parts:
+            raise ValueError(f"Entries needs a non-empty tuple of parts, got {self.parts!r}")
+        for part in self.parts:
+            if isinstance(part, Entries) or not isinstance(part, (Space, int, float)) or \
+                    isinstance(part, bool):
+                raise ValueError(f"Entries parts must be scalar spaces or numbers, got {part!r}")
+        object.__setattr__(self, "parts", tuple(self.parts))
+
+    @property
+    def dims(self) -> int:
+        """Coordinates of the space entries."""
+        return sum(p.dims for p in self.parts if isinstance(p, Space))
+
+    def value(self, u: Sequence[float]) -> tuple[float, ...]:
+        """The tuple at ``u``."""
+        out, i = [], 0
+        for part in self.parts:
+            if isinstance(part, Space):
+                out.append(float(part.value(u[i : i + part.dims])))
+                i += part.dims
+            else:
+                out.append(float(part))
+        return tuple(out)
+
+    def ends(self) -> tuple[tuple[float, ...], ...]:
+        """The tuples of all lower ends and of all upper ends."""
+        lo = tuple(float(p.ends()[0]) if isinstance(p, Space) else float(p) for p in self.parts)
+        hi = tuple(float(p.ends()[-1]) if isinstance(p, Space) else float(p) for p in self.parts)
+        return (lo, hi)
+
+    @property
+    def text(self) -> str:
+        """``(space, value, ...)``."""
+        return "(" + ", ".join(p.text if isinstance(p, Space) else f"{p:g}" for p in self.parts) + ")"
 
 
 @dataclass(frozen=True)
@@ -62,11 +297,14 @@ class HParam:
         high_open: Exclude ``high`` itself.
         choices: Allowed values for string options (validated strings).
         optional: ``None`` is allowed (feature switched off).
-        grid: Values the harness tries when tuning this knob (empty: not tuned).
+        grid: Legacy: feasible points for tuning when no ``space`` is
+            declared (tuned as ``Choice(grid)``); prefer ``space``.
         length: Required length for ``tuple`` parameters.
         scope: :data:`GROUP` (default: each param group may override it) or
             :data:`OPTIMIZER` (one value for the whole optimizer).
         finite: Refuse ``inf``/``-inf`` (default). ``nan`` is always refused.
+        space: The search space the harness tunes this knob in (``None``:
+            not tuned); every value it can produce must pass :meth:`check`.
 
     Example:
         >>> lr = HParam("lr", float, 0.1, "step size", low=0.0, low_open=True)
@@ -96,6 +334,7 @@ class HParam:
     length: int | None = None
     scope: str = GROUP
     finite: bool = True
+    space: Space | None = None
 
     def __post_init__(self) -> None:
         if self.type not in (*_SCALARS, tuple):
@@ -106,6 +345,65 @@ class HParam:
             self.check(self.default)
         for value in self.grid:
             self.check(value)
+        if self.space is not None:
+            self._check_space(self.space)
+
+    def _check_space(self, space: Space) -> None:
+        if not isinstance(space, Space):
+            raise TypeError(f"HParam {self.name}: space must be a curvlab.hparams.Space, "
+                            f"got {space!r}")
+        if isinstance(space, Entries) != (self.type is tuple) and not isinstance(space, Choice):
+            raise ValueError(f"HParam {self.name}: a {self.type.__name__} hyper-parameter takes "
+                             f"{'Entries or Choice' if self.type is tuple else 'a scalar space'}, "
+                             f"got {space.text}")
+        if isinstance(space, (LogUniform, Uniform, OneMinusLogUniform)) and \
+                self.type not in (int, float):
+            raise ValueError(f"HParam {self.name}: a {self.type.__name__} hyper-parameter takes a "
+                             f"Choice, got {space.text}")
+        for end in space.ends():
+            try:
+                self._cast(end)
+            except ValueError as err:
+                raise ValueError(f"HParam {self.name}: search space {space.text} leaves the "
+                                 f"allowed range: {err}") from None
+
+    def _cast(self, value: Any) -> Any:
+        if self.type is int and isinstance(value, float):
+            value = int(round(value))
+        return self.check(value)
+
+    @property
+    def search_space(self) -> Space | None:
+        """The space the harness tunes in: :attr:`space`, else ``Choice(grid)``, else ``None``.
+
+        Example:
+            >>> HParam("lr", float, 0.1, "step", low=0.0, grid=(0.1, 0.01)).search_space.text
+            'one of [0.1, 0.01]'
+        """
+        if self.space is not None:
+            return self.space
+        return Choice(self.grid) if self.grid else None
+
+    def draw(self, u: Sequence[float]) -> Any:
+        """The value of :attr:`search_space` at unit-cube point ``u``, typed and checked.
+
+        Integers are rounded to the nearest integer.
+
+        Raises:
+            ValueError: no search space is declared.
+
+        Example:
+            >>> p = HParam("every", int, 10, "period", low=1, space=LogUniform(1, 100))
+            >>> p.draw([0.5]), p.draw([0.0]), p.draw([1.0])
+            (10, 1, 100)
+        """
+        space = self.search_space
+        if space is None:
+            raise ValueError(f"{self.name} declares no search space")
+        if len(u) != space.dims:
+            raise ValueError(f"{self.name}: its space takes {space.dims} coordinate(s), "
+                             f"got {len(u)}")
+        return self._cast(space.value(u))
 
     @property
     def range_text(self) -> str:
@@ -419,7 +717,7 @@ class Schema(Sequence):
         return p.check(value)
 
     def table(self) -> list[dict[str, str]]:
-        """Rows (name, type, default, range, scope, doc) for docs and ``curvlab info``.
+        """Rows (name, type, default, range, scope, space, doc) for docs and ``curvlab info``.
 
         Example:
             >>> Schema([HParam("lr", float, 0.1, "step size", low=0.0)]).table()[0]["range"]
@@ -432,6 +730,7 @@ class Schema(Sequence):
                 "default": repr(p.default),
                 "range": p.range_text,
                 "scope": p.scope,
+                "space": p.search_space.text if p.search_space is not None else "",
                 "doc": p.doc,
             }
             for p in self.params

@@ -63,6 +63,7 @@ curvlab_backend_pages = {
     "kbfgs": "backends/kbfgs",
     "kbfgsl": "backends/kbfgs",
     "groupednewton": "backends/groupednewton",
+    "natgrad": "backends/natgrad",
     "sgd": "backends/baselines",
     "adam": "backends/baselines",
     "soap": "backends/peers",

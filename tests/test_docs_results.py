@@ -169,7 +169,7 @@ def test_tables_come_from_the_store_summary(site, results_dir):
     assert "ρ(τ=1)" in page and "Performance profiles across these problems" in page
 
 
-def test_step_time_table_and_choosing_page_use_the_benchmark_csv(site):
+def test_step_time_table_and_choosing_page_use_the_benchmark_csv(site, results_dir):
     out, _ = site
     results = text((out / "results.html").read_text())
     assert "1.50×" in results and "n/a" in results
@@ -178,7 +178,17 @@ def test_step_time_table_and_choosing_page_use_the_benchmark_csv(site):
     assert "A hand-written caveat about SGD." in choosing
     assert "Stability caveats" in choosing
     assert re.search(r"lr=[0-9.e-]+: #\d of 2|#\d of 2", choosing)
-    assert "4 of 4" not in choosing and re.search(r"\d of 4", choosing)  # sgd's grid of 4
+    store = Store(results_dir / "toy.sqlite")
+    try:
+        from curvlab.harness import Comparison
+
+        cid, spec = store.comparison("toy-tuned")
+        tried = len([r for r in Comparison(cid, store, spec).records(("tune",))
+                     if r["label"] == "sgd"])
+    finally:
+        store.close()
+    assert tried > 1  # sgd's tuning trials, counted in the store
+    assert f"{tried} of {tried}" not in choosing and re.search(rf"\d+ of {tried}\b", choosing)
 
 
 def test_choosing_warns_about_a_builtin_without_a_section(tmp_path):
@@ -201,7 +211,7 @@ def test_evidence_ranks_and_grid_failures(results_dir):
     sgd, adam = evidence["sgd"], evidence["adam"]
     assert adam.cost == {"quadratic": 1.5, "conv": "unsupported: Linear layers only"}
     assert {sgd.tuned.rank, adam.tuned.rank} == {1, 2} and sgd.tuned.of == 2
-    assert sgd.grid == 4 and adam.grid == 3  # the schema grids
+    assert sgd.grid == adam.grid == 8  # the protocol: the same trial budget (trials=8) for each
     assert sgd.tuned.hparams.startswith("lr=")
     assert [o.comparison for o in sgd.defaults] == ["Title of toy-defaults"]
 

@@ -98,9 +98,12 @@ def powell_damping(s: Tensor, y: Tensor, Hy: Tensor, mu1: float = 0.2) -> tuple[
 
 def _blend(t: Tensor, q: Tensor, mu: float, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     """Both dampings: if t < μq, θx + (1−θ)z with θ = (1−μ)q/(q−t) (else x); and whether it fired."""
-    fire = t < mu * q
-    theta = _theta(fire, (1.0 - mu) * q, q - t)
-    return theta * x + (1.0 - theta) * z, fire
+    # θ in float64: in float32 it can be subnormal (|s| ~ 1e30 against |y| ~ 1e-10 gives
+    # θ ~ 1e-42) and lose the digits the guarantee s̃ᵀy ≥ μ yᵀHy rests on.
+    t64, q64 = t.double(), q.double()
+    fire = t64 < mu * q64
+    theta = _theta(fire, (1.0 - mu) * q64, q64 - t64)
+    return (theta * x.double() + (1.0 - theta) * z.double()).to(x.dtype), fire
 
 
 def lm_damping(s: Tensor, y: Tensor, mu2: float) -> tuple[Tensor, Tensor]:

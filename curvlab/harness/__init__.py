@@ -1,7 +1,7 @@
-"""The comparison harness: problems, runs, results store, metrics, reports.
+"""The comparison harness: problems, runs, the protocol, results store, statistics, reports.
 
-Python entry points (the CLI ``curvlab compare`` / ``ablate`` / ``report``
-wraps them). The settings shared by every run of a comparison are one
+Python entry points (the CLI ``curvlab compare`` / ``ablate`` / ``report`` /
+``merge`` wraps them). The settings shared by every run of a comparison are one
 value, :class:`RunSettings`, built once and passed down; its fields may
 also be given as keywords:
 
@@ -15,10 +15,12 @@ also be given as keywords:
 10
 """
 
-from curvlab.harness.compare import Comparison, ablate, compare
+from curvlab.harness.ablation import Ablation, ablate
+from curvlab.harness.compare import Comparison, compare
 from curvlab.harness.config import RunConfig
+from curvlab.harness.merge import merge_stores
 from curvlab.harness.problems import Problem, available_problems, load_problem
-from curvlab.harness.profiles import performance_profile
+from curvlab.harness.profiles import performance_profile, profile_score
 from curvlab.harness.results import CurvePoint, RunMetrics, RunResult
 from curvlab.harness.runner import DataError, execute
 from curvlab.harness.settings import DEFAULT_BUDGET, RunSettings
@@ -26,6 +28,7 @@ from curvlab.harness.store import Store, StoreError
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "Ablation",
     "Comparison",
     "CurvePoint",
     "DataError",
@@ -41,5 +44,7 @@ __all__ = [
     "compare",
     "execute",
     "load_problem",
+    "merge_stores",
     "performance_profile",
+    "profile_score",
 ]

@@ -1,54 +1,58 @@
-"""Comparisons and ablations: :func:`compare`, :func:`ablate` and their :class:`Comparison`.
+"""Comparisons of optimizers on one problem: :func:`compare` and its :class:`Comparison`.
 
 A comparison runs, for one problem, every requested optimizer under the
 same settings (:class:`~curvlab.harness.settings.RunSettings`: budget,
-device, dtype, seeds, ...):
+schedule, device, dtype, seeds, ruleset, ...), with the protocol of
+:mod:`curvlab.harness.protocol`:
 
-1. **Tuning** (``tune=True``): for each optimizer, the grid is the product
-   of the ``grid`` values declared in its hyper-parameter schema (an empty
-   grid: not tuned; values the user fixed: not tuned), run with seed 0.
-   The best point is picked by ``select``: ``"loss"`` = lowest final full
-   train loss; ``"time"`` = shortest time to ``target`` (ties and misses
-   broken by final loss). Diverged and failed runs rank last.
-2. **Final runs**: the chosen hparams (the schema defaults without tuning)
-   with seeds ``0 … seeds-1``; reported as mean ± std.
-3. **Reference**: SGD with its defaults and the same seeds when ``sgd`` is
-   not among the optimizers, for the step-time ratio.
+- ruleset ``defaults``: every optimizer with its schema defaults (and the
+  hyper-parameters you fix), run with the evaluation seeds ``0 … seeds-1``;
+- ruleset ``tuned`` (external tuning, as AlgoPerf): ``trials``
+  quasi-random configurations per optimizer and study, drawn from each
+  optimizer's declared search space from the same unit-cube points
+  (:mod:`curvlab.harness.search`), trained with the tuning seed; each study's
+  best trial by ``select`` on the *validation* set is re-run with the
+  evaluation seeds, and those runs alone are reported. An explicit grid
+  (``grids``, ``--grid``) replaces an optimizer's trials.
 
 Everything the caller gives is checked before the first run: the settings
 when they are built, then the problem and optimizer names, the
-hyper-parameters (each value once: text such as ``"0.1"`` from a command
-line by :meth:`~curvlab.hparams.Schema.parse`, other values by the schema's
-check) and the results store. Every run goes through the
-:class:`~curvlab.harness.store.Store`; runs done before (same config hash)
-are reused, so an interrupted comparison resumes.
+hyper-parameters and grids (each value once: text such as ``"0.1"`` from a
+command line by :meth:`~curvlab.hparams.Schema.parse`, other values by the
+schema's check), the problem's data (loaded once; a missing dataset is one
+line naming the command that installs it) and the results store. Every run
+goes through the :class:`~curvlab.harness.store.Store`; runs done before
+(same config hash) are reused, so an interrupted comparison resumes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import curvlab
 from curvlab.harness.config import RunConfig
-from curvlab.harness.executor import run_configs
-from curvlab.harness.metrics import summarize, time_to_target
+from curvlab.harness.metrics import summarize
 from curvlab.harness.problems import Problem, load_problem
+from curvlab.harness.protocol import (
+    Plan,
+    comparison_id,
+    complete_hparams,
+    given_hparams,
+    selection_record,
+)
+from curvlab.harness.provenance import environment_differences
 from curvlab.harness.results import RunResult
-from curvlab.harness.settings import RunSettings
+from curvlab.harness.search import describe_space
+from curvlab.harness.settings import SELECT, RunSettings
 from curvlab.harness.store import Store
 from curvlab.registry import PluginWarning, normalize
 
-__all__ = ["SELECT", "Comparison", "ablate", "compare", "resolve_optimizers"]
-
-#: Tuning criteria of :func:`compare` (``--select``).
-SELECT = ("loss", "time")
+__all__ = ["SELECT", "Comparison", "compare", "resolve_optimizers", "settings_and_problem"]
 
 
 @dataclass
@@ -58,7 +62,8 @@ class Comparison:
     Attributes:
         id: Comparison id (hash of its settings unless named).
         store: The results store.
-        spec: Settings (problem, optimizers, budget, seeds, …).
+        spec: Settings (problem, optimizers, budget, seeds, ruleset, what
+            tuning selected, …).
     """
 
     id: str
@@ -77,27 +82,48 @@ class Comparison:
 
     @property
     def target(self) -> float:
-        """Loss target for time-to-target (reported scale)."""
+        """Loss target for time-to-target (validation loss, reported scale)."""
         return float(self.spec["target"])
 
     def groups(self) -> dict[str, list[tuple[dict[str, Any], RunResult]]]:
-        """Final/reference runs grouped by label: ``label → [(shown hparams, result)]``."""
+        """Reported runs grouped by label: ``label → [(shown hparams, result)]``."""
         shown = self.spec.get("shown", {})
         groups: dict[str, list[tuple[dict[str, Any], RunResult]]] = {}
         for rec in self.records():
-            hp = {k: rec["config"].hparams[k] for k in shown.get(rec["label"], [])}
+            cfg = rec["config"]
+            hp = {k: cfg.hparams[k] for k in shown.get(rec["label"], []) if k in cfg.hparams}
+            if self.spec.get("tune_schedule"):
+                hp.update(schedule=cfg.schedule, warmup=cfg.warmup)
             groups.setdefault(rec["label"], []).append((hp, rec["result"]))
         return groups
 
+    def trials(self) -> dict[str, int]:
+        """Tuning trials per study of every label (0: not tuned)."""
+        return {k: int(v) for k, v in self.spec.get("trial_counts", {}).items()}
+
     def summary(self) -> list[dict[str, Any]]:
         """One row per label (see :func:`curvlab.harness.metrics.summarize`)."""
-        return summarize(self.groups(), self.target)
+        return summarize(self.groups(), self.target, self.trials())
 
-    def report(self, out_dir: str | Path) -> list[Path]:
-        """Write markdown, CSV and PNG files to ``out_dir``; return their paths."""
+    def environments(self) -> dict[str, list[str]]:
+        """Environment entries on which this comparison's runs differ (empty: one environment).
+
+        See :func:`curvlab.harness.provenance.environment_differences`; tuning
+        runs count too.
+        """
+        keys = [k for k, role, _ in self.store.members(self.id)]
+        return environment_differences(self.store.result(k).provenance for k in keys)
+
+    def report(self, out_dir: str | Path, *, formats: Sequence[str] = ("markdown",)) -> list[Path]:
+        """Write the report files (markdown/CSV tables and PNG plots; parquet when asked).
+
+        Args:
+            out_dir: The folder.
+            formats: ``"markdown"`` (tables, CSV and plots) and/or ``"parquet"``.
+        """
         from curvlab.harness.report import write_report
 
-        return write_report(self, out_dir)
+        return write_report(self, out_dir, formats=formats)
 
 
 def resolve_optimizers(names: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -131,94 +157,32 @@ def resolve_optimizers(names: str | list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
-def _given_hparams(opt: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """The hparams given for ``opt``, each checked once: text parsed by the schema, others validated."""
-    schema = curvlab.info(opt).schema
-    text = {k: schema.parse(k, v) for k, v in values.items() if isinstance(v, str)}
-    typed = schema.validate({k: v for k, v in values.items() if k not in text}, partial=True)
-    return {k: text[k] if k in text else typed[k] for k in values}
-
-
-def _complete(opt: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """Every hparam of ``opt``: the (already checked) given values, the declared defaults elsewhere."""
-    return {p.name: given.get(p.name, p.default) for p in curvlab.info(opt).schema}
-
-
-def _grid(opt: str, fixed: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
-    schema = curvlab.info(opt).schema
-    knobs = [p for p in schema if p.grid and p.name not in fixed]
-    points = [dict(zip([p.name for p in knobs], vals))
-              for vals in itertools.product(*(p.grid for p in knobs))]
-    return [p.name for p in knobs], points
-
-
-def _rank(result: RunResult, select: str, target: float) -> tuple[float, float]:
-    loss = result.ranked_loss
-    if result.failed:
-        return (loss, loss)
-    if select == "time":
-        hit = time_to_target(result.curve, target)
-        return (hit[1] if hit else float("inf"), loss)
-    return (loss, 0.0)
-
-
-def _cid(spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _settings_and_problem(problem: str, settings: RunSettings | None,
-                          options: dict[str, Any]) -> tuple[RunSettings, Problem]:
+def settings_and_problem(problem: str, settings: RunSettings | None,
+                         options: dict[str, Any]) -> tuple[RunSettings, Problem]:
     """The checked settings and the problem instance they select (its data is not loaded here)."""
     run_settings = RunSettings.build(settings, **options)
     return run_settings, load_problem(problem, **run_settings.of_scope("problem"))
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """A checked comparison about to run: its settings, problem and open store."""
-
-    settings: RunSettings
-    problem: Problem
-    store: Store
-
-    @classmethod
-    def open(cls, settings: RunSettings, problem: Problem) -> _Plan:
-        """Open (and check) the store: the last step before anything is written."""
-        store = settings.store
-        return cls(settings, problem, store if isinstance(store, Store) else Store(store))
-
-    @property
-    def target(self) -> float:
-        """The loss target: the settings' or else the problem's."""
-        target = self.settings.target
-        return float(self.problem.target_loss if target is None else target)
-
-    def config(self, opt: str, hparams: dict[str, Any], seed: int) -> RunConfig:
-        return RunConfig(self.problem.name, opt, hparams, seed, self.problem.options(),
-                         **self.settings.run_options())
-
-    def spec(self, kind: str, **fields: Any) -> dict[str, Any]:
-        return {"kind": kind, "problem": self.problem.name, **fields, "seeds": self.settings.seeds,
-                "target": self.target, **self.settings.run_options(),
-                "problem_options": self.problem.options()}
-
-    def references(self) -> list[tuple[RunConfig, str, str]]:
-        """The SGD reference runs (defaults, every seed)."""
-        return [(self.config("sgd", _complete("sgd", {}), s), "reference", "sgd")
-                for s in range(self.settings.seeds)]
-
-    def run(self, cid: str, rows: list[tuple[RunConfig, str, str]], desc: str) -> None:
-        self.store.add_members(cid, [(c.key(), role, label) for c, role, label in rows])
-        run_configs([c for c, _, _ in rows], self.store, self.settings, desc=desc)
+def _grid_points(opt: str, grid: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The cartesian product of an explicit grid, every value checked by the schema."""
+    points: dict[str, list[Any]] = {}
+    for name, values in grid.items():
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
+        if not values:
+            raise ValueError(f"the grid of {opt}.{name} is empty")
+        points[name] = [given_hparams(opt, {name: v})[name] for v in values]
+    names = list(points)
+    return [dict(zip(names, combo)) for combo in itertools.product(*(points[n] for n in names))]
 
 
 def compare(
     problem: str,
     optimizers: str | list[str] = "all",
     *,
-    tune: bool = False,
-    select: str = "loss",
+    tune: bool | None = None,
     hparams: Mapping[str, Mapping[str, Any]] | None = None,
+    grids: Mapping[str, Mapping[str, Any]] | None = None,
     settings: RunSettings | None = None,
     **options: Any,
 ) -> Comparison:
@@ -227,27 +191,31 @@ def compare(
     Args:
         problem: Problem name (``curvlab list`` shows them).
         optimizers: Names, a comma-separated string, or ``"all"``.
-        tune: Grid-search each optimizer's schema grid with seed 0 first.
-        select: Tuning criterion (:data:`SELECT`): ``"loss"`` (final train
-            loss) or ``"time"`` (time to the target).
-        hparams: Fixed hyper-parameters per optimizer name (not tuned);
+        tune: Shorthand for the ruleset: ``True`` = ``"tuned"``, ``False`` =
+            ``"defaults"``; ``None``: the settings' ``ruleset``.
+        hparams: Fixed hyper-parameters per optimizer name (never tuned);
             values may be typed (``0.01``) or text as on a command line
             (``"0.01"``, ``"0.9,0.999"``).
+        grids: Explicit grids per optimizer, ``{opt: {name: [values]}}``:
+            that optimizer is tuned over their cartesian product instead of
+            the quasi-random trials (its trial count is the grid's size).
         settings: The :class:`~curvlab.harness.settings.RunSettings`
             (default: all defaults).
         **options: Any field of :class:`~curvlab.harness.settings.RunSettings`
-            (``steps=200``, ``seeds=3``, ``store=...``, ``executor=...``): a
-            shorthand that overrides the same field of ``settings``.
+            (``steps=200``, ``seeds=3``, ``ruleset="tuned"``, ``trials=8``,
+            ``select="time-to-target"``, ``store=...``): a shorthand that
+            overrides the same field of ``settings``.
 
     Returns:
         The :class:`Comparison` (call :meth:`Comparison.summary` or :meth:`Comparison.report`).
 
     Raises:
         TypeError: a keyword that is not a setting.
-        ValueError: unknown problem or optimizer, an invalid setting, hparam,
-            selection criterion, or a results store that cannot be used
-            (nothing runs then); :class:`~curvlab.harness.runner.DataError`
-            when the problem's data cannot be loaded.
+        ValueError: unknown problem or optimizer, an invalid setting, hparam
+            or grid, ``tune`` contradicting ``ruleset``, ``tune_schedule``
+            without tuning, or a results store that cannot be used (nothing
+            runs then); :class:`~curvlab.harness.runner.DataError` when the
+            problem's data cannot be loaded.
 
     Example:
         >>> c = compare("quadratic", ["sgd", "adam"], steps=20, eval_every=10,
@@ -257,112 +225,71 @@ def compare(
         >>> s = RunSettings(steps=20, eval_every=10, store=":memory:", executor="serial")
         >>> compare("quadratic", "sgd", settings=s, hparams={"sgd": {"lr": "0.05"}}).spec["hparams"]
         {'sgd': {'lr': 0.05}}
+        >>> c = compare("quadratic", ["sgd", "kfac"], settings=s, ruleset="tuned", trials=3)
+        >>> c.trials(), [len(c.spec["selected"][n]) for n in ("sgd", "kfac")]
+        ({'sgd': 3, 'kfac': 3}, [1, 1])
     """
-    if select not in SELECT:
-        raise ValueError(f"select must be one of {SELECT}, got {select!r}")
-    run_settings, prob = _settings_and_problem(problem, settings, options)
+    if tune is not None:
+        wanted = "tuned" if tune else "defaults"
+        if options.get("ruleset", wanted) != wanted:
+            raise ValueError(f"tune={tune} contradicts ruleset={options['ruleset']!r}")
+        options["ruleset"] = wanted
+    run_settings, prob = settings_and_problem(problem, settings, options)
     names = resolve_optimizers(optimizers)
     raw = {normalize(k): v for k, v in (hparams or {}).items()}
-    unknown = set(raw) - set(names)
-    if unknown:
-        raise ValueError(f"hparams given for {sorted(unknown)}, which are not compared: {names}")
-    given = {n: _given_hparams(n, raw[n]) for n in raw}
-    plan = _Plan.open(run_settings, prob)
-    fixed = {n: _complete(n, given.get(n, {})) for n in names}
-    spec = plan.spec("compare", optimizers=names, tune=tune, select=select, hparams=given)
-    cid = plan.settings.name or _cid(spec)
+    raw_grids = {normalize(k): v for k, v in (grids or {}).items()}
+    for what, given_for in (("hparams", raw), ("grids", raw_grids)):
+        unknown = set(given_for) - set(names)
+        if unknown:
+            raise ValueError(f"{what} given for {sorted(unknown)}, which are not compared: {names}")
+    given = {n: given_hparams(n, raw[n]) for n in raw}
+    grid_points = {n: _grid_points(n, raw_grids[n]) for n in raw_grids}
+    for n, grid in raw_grids.items():
+        both = sorted(set(grid) & set(given.get(n, {})))
+        if both:
+            raise ValueError(f"{n}: {', '.join(both)} both fixed (hparams) and in a grid")
+    tuned = run_settings.ruleset == "tuned"
+    if run_settings.tune_schedule and not tuned and not grid_points:
+        raise ValueError("tune_schedule needs tuning: ruleset 'tuned' (--tune) or a grid")
+    plan = Plan.open(run_settings, prob, names)
+    spec = plan.spec("compare", optimizers=names, hparams=given,
+                     grids={n: {k: [repr(v) for v in vals] for k, vals in g.items()}
+                            for n, g in raw_grids.items()})
+    cid = run_settings.name or comparison_id(spec)
     shown: dict[str, list[str]] = {}
-    tune_cfgs: dict[str, list[RunConfig]] = {}
+    spaces: dict[str, dict[str, str]] = {}
+    counts: dict[str, int] = {}
+    base: dict[str, dict[str, Any]] = {}
+    cands = {}
     for n in names:
-        knobs, points = _grid(n, given.get(n, {})) if tune else ([], [])
-        shown[n] = sorted(set(knobs) | set(given.get(n, {})))
-        tune_cfgs[n] = [plan.config(n, {**fixed[n], **pt}, 0) for pt in points]
-    spec["shown"] = shown
+        base[n] = complete_hparams(n, given.get(n, {}))
+        fixed = set(given.get(n, {}))
+        if n in grid_points:
+            cands[n] = plan.candidates(n, n, base[n], grid=grid_points[n])
+            knobs = list(raw_grids[n])
+            spaces[n] = {k: "grid " + ", ".join(repr(v) for v in {p[k]: 0 for p in grid_points[n]})
+                         for k in knobs}
+        elif tuned:
+            cands[n] = plan.candidates(n, n, base[n], fixed=fixed)
+            spaces[n] = describe_space(n, fixed)
+            knobs = list(spaces[n])
+        else:
+            cands[n], knobs = [], []
+        counts[n] = sum(c.study == 0 for c in cands[n])
+        shown[n] = [k for k in curvlab.info(n).schema.names if k in set(knobs) | fixed]
+    spec.update(shown=shown, spaces=spaces, trial_counts=counts)
     plan.store.add_comparison(cid, spec)
 
-    # 1. tuning
-    plan.run(cid, [(c, "tune", c.optimizer) for cs in tune_cfgs.values() for c in cs], "tuning")
-    best: dict[str, dict[str, Any]] = {}
+    # 1. tuning trials (tuning seeds)
+    plan.run(cid, [(c.config, "tune", n) for n in names for c in cands[n]], "tuning")
+    # 2. selection on validation, 3. evaluation runs (evaluation seeds)
+    finals: list[tuple[RunConfig, str, str]] = []
+    selected = {}
     for n in names:
-        cands = tune_cfgs[n]
-        if not cands:
-            best[n] = fixed[n]
-            continue
-        scored = [(_rank(plan.store.result(c.key(), curve=True), select, plan.target), i)
-                  for i, c in enumerate(cands)]
-        best[n] = cands[min(scored)[1]].hparams
-
-    # 2. final runs (+ 3. SGD reference)
-    finals = [(plan.config(n, best[n], s), "final", n) for n in names
-              for s in range(plan.settings.seeds)]
-    if "sgd" not in names:
-        finals += plan.references()
+        winners = plan.select(cands[n])
+        selected[n] = selection_record(winners, plan.store)
+        finals += [(c, "final", n) for c in plan.finals(n, n, base[n], winners)]
+    spec["selected"] = selected
+    plan.store.update_comparison(cid, spec)
     plan.run(cid, finals, "runs")
-    return Comparison(cid, plan.store, spec)
-
-
-def ablate(
-    problem: str,
-    optimizer: str,
-    hparam: str,
-    values: list[Any] | None = None,
-    *,
-    hparams: Mapping[str, Any] | None = None,
-    settings: RunSettings | None = None,
-    **options: Any,
-) -> Comparison:
-    """Vary one hyper-parameter of one optimizer, everything else fixed.
-
-    Args:
-        problem: Problem name.
-        optimizer: Optimizer name.
-        hparam: The hyper-parameter to vary.
-        values: Its values (typed, or text parsed by the schema); default:
-            the schema's ``grid``, else its ``choices``, else ``True/False``
-            for booleans.
-        hparams: Other fixed hyper-parameters (typed or text), not ``hparam``.
-        settings: As in :func:`compare`.
-        **options: As in :func:`compare`.
-
-    Returns:
-        A :class:`Comparison` whose labels are ``"<optimizer> <hparam>=<value>"``
-        (plus the ``sgd`` reference).
-
-    Raises:
-        TypeError: a keyword that is not a setting.
-        ValueError: unknown optimizer or hparam, invalid value, no values,
-            ``hparam`` also fixed in ``hparams``, an invalid setting or store.
-
-    Example:
-        >>> c = ablate("quadratic", "sgd", "lr", ["0.1", "0.01"], steps=10, eval_every=5,
-        ...            store=":memory:", executor="serial")
-        >>> [row["label"] for row in c.summary()]
-        ['sgd lr=0.1', 'sgd lr=0.01', 'sgd']
-    """
-    opt = curvlab.info(optimizer).name
-    schema = curvlab.info(opt).schema
-    if hparam not in schema:
-        schema.validate({hparam: None})  # raises, naming the allowed hparams
-    if hparams and hparam in hparams:
-        raise ValueError(f"{opt}.{hparam} is the ablated hyper-parameter; do not also fix it "
-                         f"(got {hparam}={hparams[hparam]!r})")
-    if not values:
-        p = schema[hparam]
-        values = list(p.grid or p.choices or ((True, False) if p.type is bool else ()))
-        if not values:
-            raise ValueError(f"no values to ablate for {opt}.{hparam}; pass some")
-    vals = [_given_hparams(opt, {hparam: v})[hparam] for v in values]
-    fixed = _given_hparams(opt, hparams or {})
-    run_settings, prob = _settings_and_problem(problem, settings, options)
-    plan = _Plan.open(run_settings, prob)
-    spec = plan.spec("ablate", optimizers=[opt], hparam=hparam, values=[repr(v) for v in vals],
-                     hparams={opt: fixed}, shown={})
-    cid = plan.settings.name or _cid(spec)
-    plan.store.add_comparison(cid, spec)
-    rows = []
-    for v in vals:
-        hp = _complete(opt, {**fixed, hparam: v})
-        rows += [(plan.config(opt, hp, s), "final", f"{opt} {hparam}={v}")
-                 for s in range(plan.settings.seeds)]
-    plan.run(cid, rows + plan.references(), "ablation")
     return Comparison(cid, plan.store, spec)

@@ -17,13 +17,33 @@ tied costs (``0 = 0`` included) give ``r = 1``; when the best cost is 0 every
 positive cost gets ``r = ∞``; when no solver has a finite cost on a problem
 every ``r`` there is ``∞``.
 
-Cost measures of one run (its comparison's loss target ``T``):
+Cost measures of one run (its comparison's validation-loss target ``T``):
 
-- ``"steps"``: the step of the first evaluation with full train loss ``≤ T``;
+- ``"steps"``: the step of the first evaluation with validation loss ``≤ T``;
 - ``"seconds"``: the training seconds at that evaluation (evaluation excluded);
-- ``"loss"``: the final full train loss (must be ``≥ 0``).
+- ``"ref-steps"``: the work to that evaluation in reference steps (its step
+  × the run's step cost, :func:`~curvlab.harness.metrics.cost_to_target`):
+  a time that survives a busy machine;
+- ``"loss"``: the final full train loss; ``"val-loss"``: the final
+  validation loss (both must be ``≥ 0``).
 
-Several seeds of one solver are averaged; one seed at ``∞`` makes the mean ``∞``.
+The cost of a solver on a problem is the *median* over its reported runs
+(seeds and studies; AlgoPerf takes the median over studies), with failed
+runs and missed targets at ``∞`` (so the median is ``∞`` when more than half
+failed).
+
+The **benchmark score** (AlgoPerf's integrated performance profile) of a
+solver is
+
+.. math::
+
+    B_s = \frac{1}{r_{\max} - 1} \int_1^{r_{\max}} \rho_s(\tau)\, d\tau
+        = \frac{1}{n_p} \sum_p \frac{\max\bigl(0,\, r_{\max} - r_{p,s}\bigr)}{r_{\max} - 1}
+        \in [0, 1]
+
+(the second form is the exact integral of the step function ``ρ_s``; an
+``r ≥ r_max`` earns nothing), with ``r_max = 4`` by default
+(:func:`profile_score`): 1 for a solver that is fastest on every problem.
 """
 
 from __future__ import annotations
@@ -34,17 +54,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from curvlab.harness.metrics import time_to_target
+from curvlab.harness.metrics import cost_to_target, time_to_target
 from curvlab.harness.report import prepare_folder, write_csv
 from curvlab.harness.results import RunResult
+from curvlab.harness.statistics import median_iqr
 
 if TYPE_CHECKING:
     from curvlab.harness.store import Store
 
-__all__ = ["DEFAULT_TAUS", "MEASURES", "Profile", "performance_profile", "performance_ratios",
-           "profile_table", "rho", "run_cost", "write_profile"]
+__all__ = ["DEFAULT_R_MAX", "DEFAULT_TAUS", "MEASURES", "Profile", "performance_profile",
+           "performance_ratios", "profile_score", "profile_table", "rho", "run_cost",
+           "score_table", "write_profile", "write_score"]
 
-MEASURES = ("steps", "seconds", "loss")
+MEASURES = ("steps", "seconds", "ref-steps", "loss", "val-loss")
+#: Upper integration limit of the benchmark score (AlgoPerf: 4).
+DEFAULT_R_MAX = 4.0
 #: τ values of the ρ table.
 DEFAULT_TAUS = (1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -54,8 +78,8 @@ def run_cost(result: RunResult, measure: str, target: float) -> float:
 
     Args:
         result: A stored run result with its curve.
-        measure: ``"steps"``, ``"seconds"`` or ``"loss"``.
-        target: Loss target of the run's comparison.
+        measure: One of :data:`MEASURES`.
+        target: Validation-loss target of the run's comparison.
 
     Returns:
         The cost as a float (``math.inf`` when the run failed by the rule above).
@@ -65,10 +89,11 @@ def run_cost(result: RunResult, measure: str, target: float) -> float:
 
     Example:
         >>> from curvlab.harness.results import CurvePoint, RunMetrics
-        >>> r = RunResult("k", "done", "steps", RunMetrics(final_loss=0.2),
-        ...               {}, [CurvePoint("eval", 0, 0.0, 2.0), CurvePoint("eval", 10, 0.5, 0.2)])
-        >>> run_cost(r, "steps", 1.0), run_cost(r, "seconds", 1.0), run_cost(r, "loss", 1.0)
-        (10.0, 0.5, 0.2)
+        >>> r = RunResult("k", "done", "steps", RunMetrics(final_loss=0.2, final_val_loss=0.3,
+        ...               step_cost=5.0), {}, [CurvePoint("eval", 0, 0.0, 2.0, val_loss=2.1),
+        ...               CurvePoint("eval", 10, 0.5, 0.2, val_loss=0.3)])
+        >>> [run_cost(r, m, 1.0) for m in MEASURES]
+        [10.0, 0.5, 50.0, 0.2, 0.3]
         >>> run_cost(r, "steps", 0.1)
         inf
     """
@@ -78,6 +103,10 @@ def run_cost(result: RunResult, measure: str, target: float) -> float:
         return math.inf
     if measure == "loss":
         return result.ranked_loss
+    if measure == "val-loss":
+        return result.ranked_val_loss
+    if measure == "ref-steps":
+        return cost_to_target(result, target)
     hit = time_to_target(result.curve, target)
     if hit is None:
         return math.inf
@@ -194,10 +223,10 @@ class Profile:
         return rho(self.ratios, solver, tau)
 
 
-def _mean_cost(values: Sequence[float]) -> float:
-    if not values or any(not math.isfinite(v) for v in values):
+def _median_cost(values: Sequence[float]) -> float:
+    if not values:
         return math.inf
-    return sum(values) / len(values)
+    return median_iqr(values)[0]
 
 
 def performance_profile(store: Store, comparisons: Iterable[str] | None = None,
@@ -207,7 +236,7 @@ def performance_profile(store: Store, comparisons: Iterable[str] | None = None,
     Args:
         store: The results store.
         comparisons: Comparison ids (default: every comparison in the store).
-        measure: ``"steps"`` (default), ``"seconds"`` or ``"loss"``.
+        measure: One of :data:`MEASURES` (default ``"steps"``).
 
     Returns:
         A :class:`Profile` whose problems are the comparisons' problem names
@@ -245,7 +274,7 @@ def performance_profile(store: Store, comparisons: Iterable[str] | None = None,
         runs: dict[str, list[float]] = {}
         for rec in comp.records(("final",)):
             runs.setdefault(rec["label"], []).append(run_cost(rec["result"], measure, comp.target))
-        per[name] = {label: _mean_cost(v) for label, v in runs.items()}
+        per[name] = {label: _median_cost(v) for label, v in runs.items()}
         where[name] = cid
     shared = [s for s in next(iter(per.values())) if all(s in row for row in per.values())]
     if not shared:
@@ -343,3 +372,71 @@ def write_profile(profile: Profile, out_dir: str | Path,
     write_csv(ratio_csv, rows)
     _plot(profile, png)
     return [md, rho_csv, ratio_csv, png]
+
+
+def profile_score(profile: Profile, r_max: float = DEFAULT_R_MAX) -> dict[str, float]:
+    """The AlgoPerf benchmark score ``B_s`` of every solver (see the module docstring).
+
+    Args:
+        profile: The performance profile.
+        r_max: Upper integration limit (``> 1``).
+
+    Returns:
+        ``solver → B_s`` in ``[0, 1]``.
+
+    Raises:
+        ValueError: ``r_max ≤ 1``.
+
+    Example:
+        >>> p = Profile.from_costs({"p1": {"a": 1.0, "b": 2.0}, "p2": {"a": 3.0, "b": 1.0}}, "steps")
+        >>> profile_score(p)  # a: (3 + 1)/2/3, b: (2 + 3)/2/3
+        {'a': 0.6666666666666666, 'b': 0.8333333333333334}
+    """
+    if not r_max > 1:
+        raise ValueError(f"r_max must be > 1, got {r_max!r}")
+    n = len(profile.problems)
+    out = {}
+    for s in profile.solvers:
+        total = sum(max(0.0, r_max - profile.ratios[p][s]) for p in profile.problems
+                    if math.isfinite(profile.ratios[p][s]))
+        out[s] = total / (n * (r_max - 1.0)) if n else math.nan
+    return out
+
+
+def score_table(profile: Profile, r_max: float = DEFAULT_R_MAX) -> str:
+    """Markdown table of the benchmark score, best first, with each solver's ratios.
+
+    Example:
+        >>> p = Profile.from_costs({"p1": {"a": 1.0, "b": 2.0}}, "steps")
+        >>> print(score_table(p).splitlines()[2])
+        | a | 1 | 1 |
+    """
+    scores = profile_score(profile, r_max)
+    head = ["optimizer", f"score (r_max={r_max:g})"] + [f"r({p})" for p in profile.problems]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in sorted(scores, key=lambda k: (-scores[k], k)):
+        cells = [s, f"{scores[s]:.3g}"] + [_fmt(profile.ratios[p][s]) for p in profile.problems]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_score(profile: Profile, out_dir: str | Path,
+                r_max: float = DEFAULT_R_MAX) -> list[Path]:
+    """Write ``score_<measure>.md`` and ``score_<measure>.csv`` (the benchmark score per solver).
+
+    Example:
+        >>> import tempfile
+        >>> p = Profile.from_costs({"p1": {"a": 1.0, "b": 2.0}}, "steps")
+        >>> [f.name for f in write_score(p, tempfile.mkdtemp())]
+        ['score_steps.md', 'score_steps.csv']
+    """
+    out = prepare_folder(out_dir)
+    m = profile.measure
+    md, table = out / f"score_{m}.md", out / f"score_{m}.csv"
+    md.write_text(f"# Benchmark score (integrated performance profile, cost: {m}, "
+                  f"r_max = {r_max:g}, {len(profile.problems)} problem(s))\n\n"
+                  + score_table(profile, r_max) + "\n")
+    scores = profile_score(profile, r_max)
+    write_csv(table, [{"optimizer": s, "score": v, "r_max": r_max, "measure": m,
+                       "problems": len(profile.problems)} for s, v in scores.items()])
+    return [md, table]

@@ -21,10 +21,14 @@ __all__ = ["CurvePoint", "RunMetrics", "RunResult"]
 class CurvePoint:
     """One recorded point: ``kind`` is ``"batch"`` (mini-batch loss) or ``"eval"``.
 
-    ``time`` is training time (seconds, evaluation excluded) at ``step``; an
-    ``"eval"`` point has the full train ``loss`` and, where the problem has
-    them, ``test_loss`` and ``test_acc``. Losses are on the problem's
-    reported scale.
+    ``time`` is training time (seconds, evaluation excluded) at ``step``. An
+    ``"eval"`` point has the train ``loss`` on the problem's evaluation
+    subset (:meth:`Problem.evaluation_subset
+    <curvlab.harness.problems.Problem.evaluation_subset>`), the loss
+    ``val_loss`` (and accuracy ``val_acc``) on the whole validation set, and,
+    on the last point only, ``test_loss`` and ``test_acc`` on the test set.
+    Losses are on the problem's reported scale; accuracies count target
+    entries (bytes of the text problem), so they lie in ``[0, 1]``.
     """
 
     kind: str
@@ -33,6 +37,8 @@ class CurvePoint:
     loss: float
     test_loss: float | None = None
     test_acc: float | None = None
+    val_loss: float | None = None
+    val_acc: float | None = None
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,29 @@ class RunMetrics:
         steps: Optimizer steps taken.
         train_time: Seconds spent in ``opt.step`` (evaluation excluded).
         step_time: ``train_time / steps``.
-        initial_loss: Full train loss before the first step.
+        initial_loss: Train loss (evaluation subset) before the first step.
         final_loss: Full train loss at the end (``inf`` when diverged).
-        best_loss: Lowest full train loss of the evaluations.
+        best_loss: Lowest train loss (evaluation subset) of the evaluations.
         final_test_loss: Test loss at the end (``inf`` when diverged).
         final_test_acc: Test accuracy at the end (classification), else ``None``.
+        final_val_loss: Validation loss at the end (``inf`` when diverged).
+        best_val_loss: Lowest validation loss of the evaluations.
+        final_val_acc: Validation accuracy at the end (classification), else ``None``.
+        eval_size: Training rows of the evaluation subset.
+        ref_step_time: Mean wall-clock seconds of the reference step (the
+            problem's plain SGD step on a private copy of the model), timed
+            interleaved with this run's steps in the same process.
+        ref_samples: How many reference steps were timed.
+        step_cost: The cost of one step in reference steps, on the cost clock
+            (:mod:`curvlab.harness.timing`: the thread's CPU time on the CPU
+            with one thread, so robust to a busy machine; else the wall clock).
+        step_cost_wall: ``step_time / ref_step_time`` (wall clock).
+        cost_clock: The clock of ``step_cost`` (``"thread-cpu"`` or ``"wall"``).
+        forward_passes: Forward passes of the model per step (counted).
+        backward_passes: Backward passes through the model per step
+            (counted): gradient evaluations, extra backward passes of
+            sampled losses, Hessian-vector products (SGD: 1).
+        resumed_from: Step of the checkpoint the run resumed from (0: none).
         peak_mem_mb: Peak resident memory of the run's process (CPU) or peak
             allocated CUDA memory, MiB.
         mem_delta_mb: Peak minus the memory before the run started, MiB.
@@ -77,6 +101,18 @@ class RunMetrics:
     best_loss: float = math.nan
     final_test_loss: float = math.nan
     final_test_acc: float | None = None
+    final_val_loss: float = math.nan
+    best_val_loss: float = math.nan
+    final_val_acc: float | None = None
+    eval_size: int = 0
+    ref_step_time: float = math.nan
+    ref_samples: int = 0
+    step_cost: float = math.nan
+    step_cost_wall: float = math.nan
+    cost_clock: str = ""
+    forward_passes: float = math.nan
+    backward_passes: float = math.nan
+    resumed_from: int = 0
     peak_mem_mb: float = math.nan
     mem_delta_mb: float = math.nan
     diverged: bool = False
@@ -114,17 +150,20 @@ class RunResult:
 
     Attributes:
         key: The config's hash key.
-        status: ``"done"`` or ``"error"`` (``error`` holds the message).
-        stop_reason: ``"steps"``, ``"seconds"`` or ``"diverged"``.
+        status: ``"done"``, ``"error"`` (``error`` holds the message) or
+            ``"timeout"`` (stopped after ``--run-timeout`` seconds; ``error``
+            says after how long).
+        stop_reason: ``"steps"``, ``"seconds"``, ``"diverged"`` or ``"timeout"``.
         metrics: The :class:`RunMetrics` (``None`` for a failed run).
         stats: The optimizer's ``stats`` counters at the end.
         curve: Recorded points.
         error: ``"ExceptionType: message"`` of a failed run.
+        provenance: What produced the run (:mod:`curvlab.harness.provenance`).
 
     Example:
-        >>> r = RunResult("k", "done", "steps", RunMetrics(final_loss=0.5))
-        >>> r.ranked_loss, RunResult("k", "error", error="boom").ranked_loss
-        (0.5, inf)
+        >>> r = RunResult("k", "done", "steps", RunMetrics(final_loss=0.5, final_val_loss=0.6))
+        >>> r.ranked_loss, r.ranked_val_loss, RunResult("k", "error", error="boom").ranked_loss
+        (0.5, 0.6, inf)
     """
 
     key: str
@@ -134,16 +173,25 @@ class RunResult:
     stats: dict[str, float] = field(default_factory=dict)
     curve: list[CurvePoint] = field(default_factory=list)
     error: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
-        """True for an error, a missing record or a divergence."""
+        """True for an error, a timeout, a missing record or a divergence."""
         return self.status != "done" or self.metrics is None or self.metrics.diverged
+
+    def _ranked(self, value: float) -> float:
+        if self.failed:
+            return math.inf
+        value = float(value)
+        return value if math.isfinite(value) else math.inf
 
     @property
     def ranked_loss(self) -> float:
         """Final train loss for rankings: ``inf`` when :attr:`failed` or the loss is not finite."""
-        if self.failed:
-            return math.inf
-        loss = float(self.metrics.final_loss)
-        return loss if math.isfinite(loss) else math.inf
+        return self._ranked(self.metrics.final_loss) if self.metrics is not None else math.inf
+
+    @property
+    def ranked_val_loss(self) -> float:
+        """Final validation loss for rankings and selection (``inf`` when failed or not finite)."""
+        return self._ranked(self.metrics.final_val_loss) if self.metrics is not None else math.inf

@@ -26,7 +26,7 @@ down unchanged: :func:`~curvlab.harness.compare.compare`,
 :func:`~curvlab.harness.executor.run_configs` take it.
 
 Example:
-    >>> s = RunSettings(steps=100, seconds=None, executor="serial")
+    >>> s = RunSettings(steps=100, seconds=None, executor="serial", eval_every=25)
     >>> s.steps, s.eval_every, s.run_options()["seconds"]
     (100, 25, None)
     >>> RunSettings(target=float("nan"))
@@ -45,6 +45,8 @@ from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from curvlab.harness.schedules import SCHEDULES, check_schedule
+
 if TYPE_CHECKING:
     from curvlab.harness.store import Store
 
@@ -52,18 +54,35 @@ __all__ = [
     "DEFAULT_BUDGET",
     "DEFAULT_REPORT",
     "DEFAULT_STORE",
+    "DEFAULT_TUNING_SEED",
     "DTYPES",
     "EXECUTORS",
+    "RULESETS",
+    "SAMPLERS",
     "SCOPES",
+    "SELECT",
     "RunOptions",
     "RunSettings",
     "Setting",
     "declared_settings",
 ]
 
-#: Default budget: 500 steps (safety cap 15 s of training time per run), eval every 25.
-#: ``compare --problem digits-mlp --optimizers all`` (13 optimizers) takes ~3 min on 2 cores.
+#: Default budget: 500 steps (safety cap 15 s of training time per run); evaluation every
+#: ``eval_every`` steps, by default the problem's :attr:`~curvlab.harness.problems.Problem.default_eval_every`
+#: (25 for the small problems). ``compare --problem digits-mlp --optimizers all`` (13
+#: optimizers) takes ~1-3 min on 2 cores.
 DEFAULT_BUDGET = {"steps": 500, "seconds": 15.0, "eval_every": 25}
+#: Tuning rulesets (``--ruleset``): ``defaults`` = every optimizer with its schema defaults
+#: (no tuning); ``tuned`` = external tuning, the same number of quasi-random trials from
+#: each optimizer's declared search space (AlgoPerf's external-tuning ruleset).
+RULESETS = ("defaults", "tuned")
+#: Selection criteria of the tuning trials (``--select``), both on the validation set.
+SELECT = ("val-loss", "time-to-target")
+#: Quasi-random sequences of :mod:`scipy.stats.qmc` for the tuning trials (``--sampler``).
+SAMPLERS = ("halton", "sobol")
+#: First seed of the tuning runs (study ``k`` trains with seed ``tuning_seed + k``); far
+#: from the evaluation seeds ``0 … seeds-1``, which must not overlap it.
+DEFAULT_TUNING_SEED = 1000
 #: Default results-store file (``--store``).
 DEFAULT_STORE = "curvlab-results.sqlite"
 #: Default report folder (``--report`` of compare/ablate, ``--out`` of report).
@@ -116,7 +135,7 @@ def declared_settings(cls: type | None = None) -> list[tuple[str, Any, Setting]]
 
     Example:
         >>> [n for n, _, d in declared_settings() if d.scope == "run"]
-        ['steps', 'seconds', 'eval_every', 'device', 'dtype', 'threads']
+        ['steps', 'seconds', 'eval_every', 'schedule', 'warmup', 'device', 'dtype', 'threads']
     """
     out = []
     for f in fields(cls or RunSettings):
@@ -169,6 +188,45 @@ def _positive_int(name: str, value: Any, *, optional: bool = False) -> int | Non
 
 def _positive_int_or_none(name: str, value: Any) -> int | None:
     return _positive_int(name, value, optional=True)
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _eval_size(name: str, value: Any) -> int | str | None:
+    if value is None or value == "full":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, 'full' or None (the problem's), "
+                         f"got {value!r}")
+    return value
+
+
+def _eval_size_text(text: str) -> int | str | None:
+    raw = text.strip().lower()
+    if raw in ("none", "full"):
+        return None if raw == "none" else "full"
+    return _int_text(text)
+
+
+def _fraction_or_none(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1) or None, got {value!r}")
+    return float(value)
+
+
+def _address_or_none(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a Ray cluster address ('auto', 'HOST:PORT', "
+                         f"'ray://HOST:PORT') or None, got {value!r}")
+    return value.strip()
 
 
 def _seconds(name: str, value: Any) -> float | None:
@@ -246,6 +304,7 @@ def _stderr_is_terminal() -> bool:
 
 
 BUDGET, HARDWARE, EXECUTION = "budget and evaluation", "hardware and data", "execution and output"
+PROTOCOL = "protocol: tuning, seeds, selection, schedules"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -266,9 +325,17 @@ class RunOptions:
     seconds: float | None = setting(
         DEFAULT_BUDGET["seconds"], "training seconds per run, a safety cap ('none': no time limit)",
         group=BUDGET, scope="run", check=_seconds, parse=_float_or_none_text)
-    eval_every: int = setting(
-        DEFAULT_BUDGET["eval_every"], "evaluate full train and test loss every N steps (not timed)",
-        group=BUDGET, scope="run", check=_positive_int, parse=_int_text)
+    eval_every: int | None = setting(
+        None, "evaluate train (evaluation subset) and validation loss every N steps, not timed "
+        "(default: the problem's, 25 for the small problems)", group=BUDGET, scope="run",
+        check=_positive_int_or_none, parse=_int_or_none_text)
+    schedule: str = setting(
+        "constant", "learning-rate schedule over the step budget (torch.optim.lr_scheduler)",
+        group=PROTOCOL, scope="run", check=_one_of(SCHEDULES), parse=_text, choices=SCHEDULES)
+    warmup: float | None = setting(
+        None, "linear warm-up, a fraction of the steps (warmup-cosine, linear-decay; default: "
+        "0.05 for warmup-cosine, else 0)", group=PROTOCOL, scope="run",
+        check=_fraction_or_none, parse=_float_or_none_text)
     device: str = setting("cpu", "'cpu' or 'cuda[:N]'", group=HARDWARE, scope="run",
                           check=_device, parse=_text)
     dtype: str = setting("float32", "floating-point type of model and data", group=HARDWARE,
@@ -284,6 +351,7 @@ class RunOptions:
     def _check_together(self) -> None:
         if self.steps is None and self.seconds is None:
             raise ValueError("a run needs a budget: steps and/or seconds")
+        check_schedule(self.schedule, self.warmup, self.steps)
 
     def run_options(self) -> dict[str, Any]:
         """The run-scope fields as keywords (what a :class:`RunConfig` takes)."""
@@ -312,16 +380,53 @@ class RunSettings(RunOptions):
         ValueError: steps must be a positive integer or None, got 2.5
     """
 
-    seeds: int = setting(1, "seeds of the final runs (0 ... seeds-1)", group=BUDGET,
-                         scope="comparison", check=_positive_int, parse=_int_text)
+    seeds: int = setting(1, "evaluation seeds of the reported runs (0 ... seeds-1)",
+                         group=PROTOCOL, scope="comparison", check=_positive_int, parse=_int_text)
     target: float | None = setting(
-        None, "train-loss target for time-to-target (default: the problem's)", group=BUDGET,
-        scope="comparison", check=_target, parse=_float_or_none_text)
+        None, "validation-loss target for time-to-target (default: the problem's)",
+        group=PROTOCOL, scope="comparison", check=_target, parse=_float_or_none_text)
+    ruleset: str = setting(
+        "defaults", "'defaults': schema defaults, no tuning; 'tuned': the same number of "
+        "quasi-random trials per optimizer from its search space", group=PROTOCOL,
+        scope="comparison", check=_one_of(RULESETS), parse=_text, choices=RULESETS)
+    trials: int = setting(8, "tuning trials per optimizer (or ablation cell) and study",
+                          group=PROTOCOL, scope="comparison", check=_positive_int,
+                          parse=_int_text)
+    studies: int = setting(1, "independent tuning studies (each: its own trials, its own winner)",
+                           group=PROTOCOL, scope="comparison", check=_positive_int,
+                           parse=_int_text)
+    tuning_seed: int = setting(
+        DEFAULT_TUNING_SEED, "seed of the tuning runs and of the quasi-random draw (study k: "
+        "seed + k); disjoint from the evaluation seeds", group=PROTOCOL, scope="comparison",
+        check=_non_negative_int, parse=_int_text)
+    sampler: str = setting("halton", "scrambled quasi-random sequence of the trials",
+                           group=PROTOCOL, scope="comparison", check=_one_of(SAMPLERS),
+                           parse=_text, choices=SAMPLERS)
+    select: str = setting(
+        "val-loss", "how the best trial is picked: final validation loss, or time to the "
+        "validation target (ties: validation loss)", group=PROTOCOL, scope="comparison",
+        check=_one_of(SELECT), parse=_text, choices=SELECT)
+    tune_schedule: bool = setting(
+        False, "also tune the schedule (kind and warm-up fraction) in every trial",
+        group=PROTOCOL, scope="comparison", check=_flag)
     small: bool = setting(False, "the problem's small (CI) variant", group=HARDWARE,
                           scope="problem", check=_flag)
-    data_dir: str | None = setting(None, "folder with data files (mnist-* problems)",
-                                   group=HARDWARE, scope="problem", check=_folder_or_none,
-                                   parse=_text)
+    data_dir: str | None = setting(None, "folder (or text file) with the data (see `curvlab "
+                                   "data`)", group=HARDWARE, scope="problem",
+                                   check=_folder_or_none, parse=_text)
+    batch_size: int | None = setting(
+        None, "mini-batch size (default: the problem's)", group=HARDWARE, scope="problem",
+        check=_positive_int_or_none, parse=_int_or_none_text)
+    fresh_batch_size: int | None = setting(
+        None, "size of the separate batches some optimizers draw (default: the batch size)",
+        group=HARDWARE, scope="problem", check=_positive_int_or_none, parse=_int_or_none_text)
+    split_seed: int = setting(0, "seed of the train/validation split (the same for every run)",
+                              group=HARDWARE, scope="problem", check=_non_negative_int,
+                              parse=_int_text)
+    eval_size: int | str | None = setting(
+        None, "training rows of the evaluation subset during training: N or 'full' (default: "
+        "the problem's; the full sets are evaluated at the end)", group=HARDWARE,
+        scope="problem", check=_eval_size, parse=_eval_size_text)
     store: str | Store = setting(
         DEFAULT_STORE, "SQLite results store (a path, ':memory:' or an open Store); finished "
         "runs are reused", group=EXECUTION, scope="execution", check=_store, parse=_text)
@@ -337,9 +442,34 @@ class RunSettings(RunOptions):
     name: str | None = setting(None, "comparison id (default: a hash of the settings)",
                                group=EXECUTION, scope="execution", check=_name_or_none,
                                parse=_text)
+    reference_every: int = setting(
+        5, "time the reference SGD step after every N steps of a run (the unit of the cost "
+        "ratios)", group=EXECUTION, scope="execution", check=_positive_int, parse=_int_text)
+    checkpoint_every: int | None = setting(
+        None, "checkpoint each run every N steps into the store's folder; a killed run resumes "
+        "there", group=EXECUTION, scope="execution", check=_positive_int_or_none,
+        parse=_int_or_none_text)
+    run_timeout: float | None = setting(
+        None, "wall-clock seconds after which a run is stopped and recorded as a timeout",
+        group=EXECUTION, scope="execution", check=_seconds, parse=_float_or_none_text)
+    ray_address: str | None = setting(
+        None, "address of an existing Ray cluster to join (executor ray; default: a local one)",
+        group=EXECUTION, scope="execution", check=_address_or_none, parse=_text)
 
     def _check_together(self) -> None:
         super()._check_together()
+        last_tuning = self.tuning_seed + self.studies - 1
+        if self.tuning_seed < self.seeds:
+            raise ValueError(
+                f"tuning seeds {self.tuning_seed}..{last_tuning} overlap the evaluation seeds "
+                f"0..{self.seeds - 1}; pass a tuning_seed >= {self.seeds}")
+        if self.ray_address is not None and self.executor != "ray":
+            raise ValueError(f"ray_address {self.ray_address!r} needs executor 'ray', "
+                             f"got executor {self.executor!r}")
+        if self.checkpoint_every is not None and isinstance(self.store, str) and \
+                self.store == ":memory:":
+            raise ValueError("checkpoint_every needs a store file (checkpoints go into its "
+                             "folder), got store ':memory:'")
         if self.device.startswith("cuda"):
             import torch
 
@@ -382,8 +512,8 @@ class RunSettings(RunOptions):
         """The fields of one scope (:data:`SCOPES`) as a dict.
 
         Example:
-            >>> RunSettings().of_scope("problem")
-            {'small': False, 'data_dir': None}
+            >>> RunSettings().of_scope("problem")["split_seed"], len(RunSettings().of_scope("problem"))
+            (0, 6)
         """
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")

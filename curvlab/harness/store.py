@@ -4,11 +4,14 @@ Tables:
 
 ``runs``
     one row per run key (``RunConfig.key()``): config JSON, curvlab
-    version, ``status`` (``running`` → ``done``/``error``), metrics
-    (:class:`~curvlab.harness.results.RunMetrics` as JSON) and optimizer
-    stats JSON, stop reason, error text.
+    version, ``status`` (``running`` → ``done``/``error``/``timeout``),
+    metrics (:class:`~curvlab.harness.results.RunMetrics` as JSON) and
+    optimizer stats JSON, stop reason, error text, and the run's provenance
+    JSON (:mod:`curvlab.harness.provenance`: versions, hardware, git commit,
+    data checksums, plugin code hash).
 ``curves``
-    ``(key, kind, step)`` → time, loss, test loss, test accuracy.
+    ``(key, kind, step)`` → time, train loss (evaluation subset), test loss
+    and accuracy (last point), validation loss and accuracy.
 ``members``
     which runs belong to which comparison, with their role (``tune``,
     ``final``, ``reference``) and label (optimizer name or ablation value).
@@ -18,7 +21,9 @@ Tables:
 Identity: a store carries SQLite's ``application_id`` :data:`APPLICATION_ID`
 and its format number :data:`STORE_FORMAT` in ``user_version``. Stores
 written before the stamp existed (format 0: application id 0 and exactly
-these tables) are read as they are and stamped when opened for writing.
+these tables) and format-1 stores (without the provenance and validation
+columns) are read as they are (the missing values read as ``None``) and
+upgraded in place, in one transaction, when opened for writing.
 Before anything is written, and also when a store is opened read-only, the
 file is checked: it must be an SQLite database, pass ``PRAGMA quick_check``,
 carry no other application's id, hold no table but these four with these
@@ -50,14 +55,17 @@ from typing import Any
 from curvlab.harness.config import RunConfig
 from curvlab.harness.results import CurvePoint, RunMetrics, RunResult
 
-__all__ = ["APPLICATION_ID", "STORE_FORMAT", "Store", "StoreError"]
+__all__ = ["APPLICATION_ID", "FINISHED", "STORE_FORMAT", "Store", "StoreError"]
 
 #: SQLite ``application_id`` of a curvlab results store (ASCII ``cvlb``).
 APPLICATION_ID = 0x63766C62
-#: Format number in ``user_version``: 1 = the four tables below, stamped.
-STORE_FORMAT = 1
+#: Format number in ``user_version``: 1 = the four tables, stamped; 2 = with the
+#: ``provenance`` column of ``runs`` and the validation columns of ``curves``.
+STORE_FORMAT = 2
+#: Statuses of a finished run (a result); others (``running``, ``error``) are redone.
+FINISHED = ("done", "timeout")
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS runs (
     key TEXT PRIMARY KEY, problem TEXT, optimizer TEXT, seed INTEGER,
     config TEXT, version TEXT, status TEXT, stop_reason TEXT,
@@ -69,6 +77,15 @@ CREATE TABLE IF NOT EXISTS comparisons (id TEXT PRIMARY KEY, created REAL, spec 
 CREATE TABLE IF NOT EXISTS members (
     comparison TEXT, key TEXT, role TEXT, label TEXT, PRIMARY KEY (comparison, key, role));
 """
+#: What format 2 adds to format 1 (also the upgrade, column by column).
+_ADDED_V2 = (("runs", "provenance", "TEXT"), ("curves", "val_loss", "REAL"),
+             ("curves", "val_acc", "REAL"))
+_SCHEMA = (_SCHEMA_V1.replace("started REAL, finished REAL)", "started REAL, finished REAL, "
+                              "provenance TEXT)")
+           .replace("test_acc REAL, PRIMARY KEY", "test_acc REAL, val_loss REAL, val_acc REAL, "
+                    "PRIMARY KEY"))
+_CURVE_COLUMNS = ("key", "kind", "step", "time", "loss", "test_loss", "test_acc", "val_loss",
+                  "val_acc")
 
 
 class StoreError(ValueError):
@@ -98,9 +115,9 @@ def _columns(conn: sqlite3.Connection) -> dict[str, list[tuple[str, str, int]]]:
             for t in names}
 
 
-def _expected_columns() -> dict[str, list[tuple[str, str, int]]]:
+def _expected_columns(schema: str = _SCHEMA) -> dict[str, list[tuple[str, str, int]]]:
     with contextlib.closing(sqlite3.connect(":memory:")) as mem:
-        mem.executescript(_SCHEMA)
+        mem.executescript(schema)
         return _columns(mem)
 
 
@@ -196,32 +213,48 @@ class Store:
             raise StoreError(f"results store {where!r} has format {fmt}, written by a newer "
                              f"curvlab; this one reads formats up to {STORE_FORMAT}")
         expected = _expected_columns()
+        legacy = _expected_columns(_SCHEMA_V1)
         foreign = sorted(set(tables) - set(expected))
         if foreign:
             raise StoreError(f"{where!r} is not a curvlab results store: it holds table(s) "
                              f"{', '.join(foreign)}")
+        old = app_id == 0 or fmt < STORE_FORMAT
         for name, cols in tables.items():
-            if cols != expected[name]:
+            if cols != expected[name] and not (old and cols == legacy[name]):
                 raise StoreError(
                     f"{where!r} is not a curvlab results store: table {name} has columns "
                     f"({', '.join(c[0] for c in cols)}), expected "
                     f"({', '.join(c[0] for c in expected[name])})")
-        return app_id == APPLICATION_ID and fmt == STORE_FORMAT and set(tables) == set(expected)
+        self._present = {t: {c[0] for c in cols} for t, cols in tables.items()}
+        return (app_id == APPLICATION_ID and fmt == STORE_FORMAT and set(tables) == set(expected)
+                and all(tables[t] == expected[t] for t in tables))
 
     def _stamp(self) -> None:
-        """Create the missing tables and stamp identity and format, in one transaction."""
+        """Create the missing tables, add format 2's columns, stamp identity and format: one transaction."""
         with self._guard("initialise it"):
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self.conn.execute(statement)
+                present = _columns(self.conn)
+                for table, column, kind in _ADDED_V2:
+                    if column not in {c[0] for c in present[table]}:
+                        self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 self.conn.execute(f"PRAGMA user_version = {STORE_FORMAT}")
             except BaseException:
                 self.conn.rollback()
                 raise
             self.conn.commit()
+        self._present = {t: {c[0] for c in cols} for t, cols in _columns(self.conn).items()}
+
+    def _has(self, table: str, column: str) -> bool:
+        return column in self._present.get(table, set())
+
+    def _col(self, table: str, column: str) -> str:
+        """``column``, or ``NULL`` when an old store (opened read-only) lacks it."""
+        return column if self._has(table, column) else "NULL"
 
     @contextlib.contextmanager
     def _guard(self, action: str) -> Iterator[None]:
@@ -245,9 +278,21 @@ class Store:
         rows = self._rows("read a run", "SELECT status FROM runs WHERE key = ?", (key,))
         return rows[0][0] if rows else None
 
-    def needs_run(self, key: str) -> bool:
-        """True unless the run finished (``done``); errors and half-done runs are redone."""
-        return self.status(key) != "done"
+    def needs_run(self, key: str, run_timeout: float | None = None) -> bool:
+        """True unless the run finished.
+
+        ``done`` runs are kept; errors and half-done (``running``) runs are
+        redone. A ``timeout`` is a result too, unless ``run_timeout`` (the
+        timeout in effect now) is larger than the one it was stopped by, or
+        ``None`` (no timeout): then it gets its longer chance.
+        """
+        status = self.status(key)
+        if status == "timeout":
+            rows = self._rows("read a run", f"SELECT {self._col('runs', 'provenance')} FROM runs "
+                              "WHERE key = ?", (key,))
+            before = json.loads(rows[0][0] or "{}").get("run_timeout") if rows else None
+            return run_timeout is None or before is None or run_timeout > float(before)
+        return status != "done"
 
     def mark_running(self, config: RunConfig) -> None:
         """Record that ``config`` starts (replacing any half-done row and its curve)."""
@@ -264,20 +309,22 @@ class Store:
             )
 
     def save(self, result: RunResult) -> None:
-        """Store a finished run (metrics, stats, curve) atomically."""
+        """Store a finished run (metrics, stats, curve, provenance) atomically."""
         metrics = result.metrics.to_dict() if result.metrics is not None else {}
         with self._guard("save a run"), self.conn:
             self.conn.execute("DELETE FROM curves WHERE key = ?", (result.key,))
             self.conn.executemany(
-                "INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(result.key, p.kind, p.step, p.time, p.loss, p.test_loss, p.test_acc)
-                 for p in result.curve],
+                f"INSERT INTO curves ({', '.join(_CURVE_COLUMNS)}) VALUES "
+                f"({', '.join('?' * len(_CURVE_COLUMNS))})",
+                [(result.key, p.kind, p.step, p.time, p.loss, p.test_loss, p.test_acc,
+                  p.val_loss, p.val_acc) for p in result.curve],
             )
             self.conn.execute(
                 "UPDATE runs SET status = ?, stop_reason = ?, metrics = ?, stats = ?, error = ?, "
-                "finished = ? WHERE key = ?",
+                "finished = ?, provenance = ? WHERE key = ?",
                 (result.status, result.stop_reason, _dumps(metrics), _dumps(result.stats),
-                 result.error, time.time(), result.key),
+                 result.error, time.time(), json.dumps(result.provenance, sort_keys=True),
+                 result.key),
             )
 
     def config(self, key: str) -> RunConfig:
@@ -304,41 +351,91 @@ class Store:
             StoreError: the stored metrics are not ones this curvlab reads.
         """
         rows = self._rows("read a run",
-                          "SELECT status, stop_reason, metrics, stats, error FROM runs WHERE key = ?",
-                          (key,))
+                          "SELECT status, stop_reason, metrics, stats, error, "
+                          f"{self._col('runs', 'provenance')} FROM runs WHERE key = ?", (key,))
         if not rows:
             raise KeyError(key)
-        status, stop, metrics, stats, error = rows[0]
+        status, stop, metrics, stats, error, prov = rows[0]
         values = _loads(metrics)
         try:
             record = RunMetrics.from_dict(values) if values else None
         except (TypeError, ValueError) as err:
             raise StoreError(f"results store {self.path!r}: run {key}: {err}") from None
         points = self.curve(key) if curve else []
-        return RunResult(key, status, stop or "", record, _loads(stats), points, error or "")
+        return RunResult(key, status, stop or "", record, _loads(stats), points, error or "",
+                         json.loads(prov or "{}"))
 
     def curve(self, key: str) -> list[CurvePoint]:
         """The recorded points of run ``key``, batch points then eval points, by step."""
+        vl, va = self._col("curves", "val_loss"), self._col("curves", "val_acc")
         rows = self._rows(
             "read a curve",
-            "SELECT kind, step, time, loss, test_loss, test_acc FROM curves WHERE key = ? "
-            "ORDER BY kind, step", (key,))
+            f"SELECT kind, step, time, loss, test_loss, test_acc, {vl}, {va} FROM curves "
+            "WHERE key = ? ORDER BY kind, step", (key,))
         # SQLite stores NaN as NULL: a NULL train loss is read back as NaN
-        return [CurvePoint(k, st, t, math.nan if loss is None else loss, tl, ta)
-                for k, st, t, loss, tl, ta in rows]
+        return [CurvePoint(k, st, t, math.nan if loss is None else loss, tl, ta, v, a)
+                for k, st, t, loss, tl, ta, v, a in rows]
+
+    # ------------------------------------------------------- raw records
+    def keys(self) -> list[str]:
+        """Every run key, in insertion order."""
+        return [r[0] for r in self._rows("list runs", "SELECT key FROM runs ORDER BY rowid")]
+
+    def record(self, key: str) -> dict[str, Any]:
+        """Run ``key`` as stored: ``{"run": {column: value}, "curve": [{column: value}]}``.
+
+        What :meth:`put_record` writes back (used to merge stores).
+
+        Raises:
+            KeyError: no such run.
+        """
+        cols = [c for c in ("key", "problem", "optimizer", "seed", "config", "version", "status",
+                            "stop_reason", "metrics", "stats", "error", "started", "finished",
+                            "provenance") if c != "provenance" or self._has("runs", c)]
+        rows = self._rows("read a run", f"SELECT {', '.join(cols)} FROM runs WHERE key = ?", (key,))
+        if not rows:
+            raise KeyError(key)
+        run = dict(zip(cols, rows[0]))
+        run.setdefault("provenance", None)
+        ccols = [c for c in _CURVE_COLUMNS if self._has("curves", c)]
+        curve = [dict(zip(ccols, r)) for r in self._rows(
+            "read a curve", f"SELECT {', '.join(ccols)} FROM curves WHERE key = ? "
+            "ORDER BY kind, step", (key,))]
+        return {"run": run, "curve": curve}
+
+    def put_record(self, record: dict[str, Any]) -> None:
+        """Write a :meth:`record` (replacing the run and its curve), atomically."""
+        run = record["run"]
+        key = run["key"]
+        with self._guard("save a run"), self.conn:
+            self.conn.execute("DELETE FROM curves WHERE key = ?", (key,))
+            names = list(run)
+            self.conn.execute(f"INSERT OR REPLACE INTO runs ({', '.join(names)}) VALUES "
+                              f"({', '.join('?' * len(names))})", [run[n] for n in names])
+            for point in record["curve"]:
+                cols = list(point)
+                self.conn.execute(f"INSERT INTO curves ({', '.join(cols)}) VALUES "
+                                  f"({', '.join('?' * len(cols))})", [point[c] for c in cols])
 
     def count_runs(self) -> dict[str, int]:
         """Number of runs per status."""
         return dict(self._rows("count runs", "SELECT status, COUNT(*) FROM runs GROUP BY status"))
 
     # --------------------------------------------------------- comparisons
-    def add_comparison(self, cid: str, spec: dict[str, Any]) -> None:
-        """Create (or keep) comparison ``cid`` with its settings."""
+    def add_comparison(self, cid: str, spec: dict[str, Any], *, created: float | None = None) -> None:
+        """Create (or keep) comparison ``cid`` with its settings (``created``: default now)."""
         with self._guard("record a comparison"), self.conn:
             self.conn.execute(
                 "INSERT OR IGNORE INTO comparisons VALUES (?, ?, ?)",
-                (cid, time.time(), json.dumps(spec, sort_keys=True)),
+                (cid, time.time() if created is None else created,
+                 json.dumps(spec, sort_keys=True)),
             )
+
+    def update_comparison(self, cid: str, spec: dict[str, Any]) -> None:
+        """Replace the settings JSON of comparison ``cid`` (adds what tuning selected)."""
+        with self._guard("record a comparison"), self.conn:
+            self.conn.execute("UPDATE comparisons SET spec = ? WHERE id = ?",
+                              (json.dumps(spec, sort_keys=True), cid))
 
     def add_members(self, cid: str, rows: Iterable[tuple[str, str, str]]) -> None:
         """Attach ``(key, role, label)`` rows to comparison ``cid`` (idempotent)."""

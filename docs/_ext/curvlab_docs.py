@@ -12,7 +12,7 @@ Directives:
     ``curvlab_backend_pages`` names one), summary, paper.
 ``.. curvlab-hparams:: NAME``
     Facts from ``meta`` (paper, layers, losses, closure options) and the
-    hyper-parameter table (name, type, default, range, tuning grid, doc).
+    hyper-parameter table (name, type, default, range, search space, doc).
 ``.. curvlab-hparams-all::``
     A section with the above for every registered optimizer (``:exclude:``
     takes a space-separated list of names to leave out).
@@ -122,8 +122,8 @@ def _load_info(name: str) -> tuple[Any | None, str]:
 
 
 def _grid_text(info: Any, pname: str) -> str:
-    grid = info.schema[pname].grid
-    return ", ".join(repr(v) for v in grid) if grid else ""
+    space = info.schema[pname].search_space
+    return space.text if space is not None else ""
 
 
 class _CurvlabDirective(SphinxDirective):
@@ -189,7 +189,7 @@ class _CurvlabDirective(SphinxDirective):
             )
         if not rows:
             return [_para("This optimizer declares no hyper-parameters.")]
-        headers = ["name", "type", "default", "allowed", "tuning grid", "meaning"]
+        headers = ["name", "type", "default", "allowed", "search space", "meaning"]
         return [_table(headers, rows, [12, 6, 10, 14, 14, 34])]
 
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from curvlab.curvature.finite import all_finite
-from curvlab.hparams import HParam, Schema
+from curvlab.hparams import Entries, HParam, LogUniform, OneMinusLogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 
 __all__ = ["Adam"]
@@ -37,9 +37,10 @@ class Adam(CurvatureOptimizer):
     name = "adam"
     schema = Schema(
         [
-            HParam("lr", float, 1e-3, "step size α", low=0.0, grid=(1e-2, 3e-3, 1e-3)),
+            HParam("lr", float, 1e-3, "step size α", low=0.0, space=LogUniform(1e-4, 3e-2)),
             HParam("betas", tuple, (0.9, 0.999), "EMA coefficients (β₁, β₂)", low=0.0, high=1.0,
-                   high_open=True, length=2),
+                   high_open=True, length=2,
+                   space=Entries((OneMinusLogUniform(2e-2, 0.5), 0.999))),
             HParam("eps", float, 1e-8, "denominator guard ε", low=0.0, low_open=True),
             HParam("weight_decay", float, 0.0, "weight decay w", low=0.0),
             HParam("decoupled", bool, False, "decoupled weight decay (AdamW)"),

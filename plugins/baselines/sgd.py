@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from curvlab.curvature.momentum import momentum_step_
-from curvlab.hparams import HParam, Schema
+from curvlab.hparams import HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 
 __all__ = ["SGD"]
@@ -38,7 +38,7 @@ class SGD(CurvatureOptimizer):
     name = "sgd"
     schema = Schema(
         [
-            HParam("lr", float, 0.01, "step size α", low=0.0, grid=(0.3, 0.1, 0.03, 0.01)),
+            HParam("lr", float, 0.01, "step size α", low=0.0, space=LogUniform(1e-3, 1.0)),
             HParam("momentum", float, 0.0, "heavy-ball coefficient μ", low=0.0, high=1.0,
                    high_open=True),
             HParam("dampening", float, 0.0, "dampening τ of the momentum buffer", low=0.0,

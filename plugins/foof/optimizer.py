@@ -58,7 +58,7 @@ from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
 from curvlab.curvature.layers import conv_problem
 from curvlab.curvature.momentum import momentum_step_
 from curvlab.curvature.statistics import InputStatistics
-from curvlab.hparams import OPTIMIZER, HParam, Schema
+from curvlab.hparams import OPTIMIZER, HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 
 __all__ = ["FOOF", "foof_blocks", "records_statistics"]
@@ -131,9 +131,9 @@ class FOOF(CurvatureOptimizer):
     name = "foof"
     schema = Schema(
         [
-            HParam("lr", float, 0.01, "step size α", low=0.0, grid=(0.3, 0.1, 0.03, 0.01)),
+            HParam("lr", float, 0.01, "step size α", low=0.0, space=LogUniform(1e-3, 1.0)),
             HParam("damping", float, 0.1, "Tikhonov damping λ added to Σ", low=0.0,
-                   low_open=True, grid=(1.0, 0.1, 0.01)),
+                   low_open=True, space=LogUniform(1e-3, 1.0)),
             HParam("relative_damping", bool, False,
                    "λ relative to the mean eigenvalue tr Σ / dim Σ", scope=OPTIMIZER),
             HParam("ema_decay", float, 0.95, "decay m of the bias-corrected EMA of Σ", low=0.0,

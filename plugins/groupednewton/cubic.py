@@ -37,10 +37,22 @@ d → Ad with :math:`A = \operatorname{diag}(a)` up to signs, and
 :math:`\tilde H`, γ, r are unchanged): subsets with
 :math:`\bar H_{ss} = 0` and :math:`d_s = 0` (e.g. :math:`u_s = 0`) get
 :math:`\eta_s = 0`; :math:`d_s` counts as zero when
-:math:`d_s \le 10^{-6} \max_i d_i` (singular D, e.g. MSE with a linear
-last layer has exactly zero third derivative there); conditioning is
-judged on the Jacobi-scaled matrix
-:math:`J \bar H J`, :math:`J = \operatorname{diag}(|\bar H_{ss}|^{-1/2})`.
+:math:`d_s^2 \le 10^{-10} |\bar H_{ss}|` (:func:`effective_d`; singular
+D, e.g. MSE with a linear last layer has exactly zero third derivative
+there), a test against the subset's own curvature — comparing
+:math:`d_s` with the other subsets' :math:`d_i`, whose scales are
+unrelated, made the early layers of a deep auto-encoder (tiny
+:math:`u_s`) count as unregularised and every solve fail; conditioning is
+judged on the Jacobi-scaled matrix :math:`J \bar H J`,
+:math:`J = \operatorname{diag}(|\bar H_{ss}|^{-1/2})`.
+
+A subset with :math:`d_s = 0` and :math:`\bar H_{ss} \le 0` (and a
+nonzero :math:`\bar g_s` or :math:`\bar H_{ss}`) has no minimiser along
+it: it is *dropped* (:math:`\eta_s = 0`, listed in
+:attr:`StepSizes.dropped`) and the others are solved, instead of failing
+the whole solve. The attention key bias is such a subset (its gradient is
+zero in exact arithmetic: softmax ignores a constant per query), and
+failing on it stopped a transformer from training at all.
 
 Coordinates with :math:`d_s = 0` (set N) are not regularised: they are
 eliminated by a Schur complement, which requires :math:`\bar H_{NN} \succ 0`
@@ -59,10 +71,10 @@ import torch
 from scipy.optimize import brentq
 from torch import Tensor
 
-__all__ = ["StepSizes", "cubic_step_sizes", "newton_step_sizes"]
+__all__ = ["D_REL_TOL", "StepSizes", "cubic_step_sizes", "effective_d", "newton_step_sizes"]
 
-#: d_i below this fraction of max d counts as zero (relative, hence scale-free).
-D_REL_TOL = 1e-6
+#: d_s counts as zero when d_s² ≤ D_REL_TOL·|H̄_ss| (scale-free; :func:`effective_d`).
+D_REL_TOL = 1e-10
 #: Reciprocal condition number (of the Jacobi-scaled matrix) below which a solve fails.
 RCOND = 1e-13
 
@@ -76,6 +88,10 @@ class StepSizes:
         ok: Whether the solve succeeded.
         reason: Why it failed (empty on success).
         r: The root :math:`r = \lVert \mathcal D \eta \rVert` (order 3; 0 otherwise).
+        dropped: Subsets left out of the solve (:math:`\eta_s = 0`) because the
+            model is unbounded below along them: :math:`d_s = 0` and
+            :math:`\bar H_{ss} \le 0` (e.g. a parameter with a mathematically
+            zero gradient, such as an attention key bias).
 
     Example:
         >>> StepSizes(torch.zeros(2), False, "hard case").ok
@@ -86,6 +102,7 @@ class StepSizes:
     ok: bool
     reason: str = ""
     r: float = 0.0
+    dropped: tuple[int, ...] = ()
 
 
 def _fail(n: int, reason: str) -> StepSizes:
@@ -184,6 +201,32 @@ def _secular_root(hs: np.ndarray, gs: np.ndarray, c: float) -> tuple[np.ndarray,
     return zeta, r0 + s
 
 
+def effective_d(hbar: Tensor, d3: Tensor) -> Tensor:
+    r"""The regularisation weights :math:`d_s = |D_{sss}|^{1/3}` the solver uses (float64).
+
+    :math:`d_s` counts as zero (subset not regularised) when
+    :math:`d_s^2 \le` ``D_REL_TOL`` :math:`\cdot |\bar H_{ss}|`, i.e. when the
+    scaled curvature :math:`\tilde H_{ss} = \bar H_{ss} / d_s^2` would exceed
+    ``1 / D_REL_TOL``. Both sides scale as :math:`a_s^2` under :math:`u_s \to
+    a_s u_s`, so the test is scale-free (unlike a comparison with the other
+    subsets' :math:`d`, whose scales are unrelated).
+
+    Args:
+        hbar: H̄, ``(S, S)``.
+        d3: Diagonal :math:`D_{sss}`, ``(S,)``.
+
+    Returns:
+        ``(S,)`` float64 tensor of the weights (zeros where negligible).
+
+    Example:
+        >>> effective_d(torch.eye(2), torch.tensor([8.0, 1e-20])).tolist()
+        [2.0, 0.0]
+    """
+    h = hbar.detach().to(torch.float64).diagonal().abs()
+    d = d3.detach().to(torch.float64).abs().pow(1 / 3)
+    return torch.where(d.pow(2) > D_REL_TOL * h, d, torch.zeros_like(d))
+
+
 def cubic_step_sizes(hbar: Tensor, gbar: Tensor, d3: Tensor, lambda_int: float) -> StepSizes:
     r"""Order 3: anisotropic-Nesterov cubic-regularised step sizes (module docstring).
 
@@ -214,16 +257,21 @@ def cubic_step_sizes(hbar: Tensor, gbar: Tensor, d3: Tensor, lambda_int: float) 
         raise ValueError(f"lambda_int must be > 0, got {lambda_int!r}")
     h = hbar.detach().to(torch.float64).cpu().numpy()
     g = gbar.detach().to(torch.float64).cpu().numpy()
-    d = np.cbrt(np.abs(d3.detach().to(torch.float64).cpu().numpy()))
+    d = effective_d(hbar, d3).cpu().numpy()
     n = g.shape[0]
     if not (np.isfinite(h).all() and np.isfinite(g).all() and np.isfinite(d).all()):
         return _fail(n, "non-finite tensors")
     eta = np.zeros(n)
     act = _active(h, d)
+    # no cubic term and no positive curvature: the model is unbounded below along s
+    hd = np.diag(h)
+    unbounded = (d == 0) & (hd <= 0) & ((hd != 0) | (g != 0))
+    dropped = tuple(int(i) for i in np.flatnonzero(unbounded))
+    act &= ~unbounded
     if not act.any():
-        return StepSizes(torch.from_numpy(eta), True)
+        return StepSizes(torch.from_numpy(eta), True, dropped=dropped)
     h, g, d = h[np.ix_(act, act)], g[act], d[act]
-    reg = d > D_REL_TOL * d.max()
+    reg = d > 0
     nreg = ~reg
     out = np.zeros(g.shape[0])
     r = 0.0
@@ -252,4 +300,4 @@ def cubic_step_sizes(hbar: Tensor, gbar: Tensor, d3: Tensor, lambda_int: float) 
     if not np.isfinite(out).all():
         return _fail(n, "non-finite step sizes")
     eta[act] = out
-    return StepSizes(torch.from_numpy(eta), True, r=float(r))
+    return StepSizes(torch.from_numpy(eta), True, r=float(r), dropped=dropped)

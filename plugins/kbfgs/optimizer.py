@@ -94,7 +94,7 @@ from curvlab.curvature.descent import descend_
 from curvlab.curvature.double_damping import DampedPair, double_damping, double_damping_blocks
 from curvlab.curvature.finite import all_finite, finite_flags
 from curvlab.curvature.lbfgs import LBFGSMemory, compact_apply, compact_factors
-from curvlab.hparams import OPTIMIZER, HParam, Schema
+from curvlab.hparams import OPTIMIZER, HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 from curvlab_plugins.kbfgs.blocks import Blocks
 from curvlab_plugins.kbfgs.capture import PreactivationCapture
@@ -109,9 +109,9 @@ _PAPER = (
 )
 
 _COMMON = [
-    HParam("lr", float, 0.3, "step size α", low=0.0, grid=(1.0, 0.3, 0.1, 0.03)),
+    HParam("lr", float, 0.3, "step size α", low=0.0, space=LogUniform(1e-2, 1.0)),
     HParam("damping", float, 0.3, "λ: H_a damping λ_A = √λ and LM threshold μ₂ = √λ",
-           low=0.0, high=1.0, low_open=True, grid=(0.3, 0.1, 0.03)),
+           low=0.0, high=1.0, low_open=True, space=LogUniform(1e-2, 1.0)),
     HParam("stat_decay", float, 0.9, "EMA decay β of A = E[a aᵀ]", low=0.0, high=1.0,
            high_open=True),
     HParam("momentum", float, 0.9, "gradient momentum μ: M ← μ M + (1-μ) g", low=0.0,

@@ -73,7 +73,7 @@ from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
 from curvlab.curvature.layers import conv_problem
 from curvlab.curvature.momentum import momentum_step_
 from curvlab.curvature.rng import derive_seed
-from curvlab.hparams import OPTIMIZER, HParam, Schema
+from curvlab.hparams import OPTIMIZER, HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 from curvlab_plugins.kfac.backpack_bce import HBPSoftBCEWithLogitsLoss
 from curvlab_plugins.kfac.hooks import BackpackHooks
@@ -151,9 +151,9 @@ class KFAC(CurvatureOptimizer):
     name = "kfac"
     schema = Schema(
         [
-            HParam("lr", float, 0.01, "step size α", low=0.0, grid=(0.3, 0.1, 0.03, 0.01)),
+            HParam("lr", float, 0.01, "step size α", low=0.0, space=LogUniform(1e-3, 1.0)),
             HParam("damping", float, 0.03, "Tikhonov damping λ of the Kronecker blocks", low=0.0,
-                   low_open=True, grid=(0.1, 0.03, 0.01)),
+                   low_open=True, space=LogUniform(1e-3, 1.0)),
             HParam("damping_heuristic", str, "pi", "split of λ between A and G",
                    choices=("pi", "equal"), scope=OPTIMIZER),
             HParam("fisher_type", str, "mc",

@@ -3,7 +3,7 @@ r"""The table of bridged ``pytorch_optimizer`` optimizers.
 Each class below is a row: curvlab name, the library class it wraps, its
 hyper-parameters (the library's keyword names, defaults copied from the
 signatures of ``pytorch_optimizer`` 4.1, ranges the library accepts, a tuning
-grid for ``lr``) and its description. All behaviour lives in
+search space for ``lr``) and its description. All behaviour lives in
 :class:`~curvlab_plugins.peers.bridge.PeerOptimizer`; only Muon adds code
 (the Muon/AdamW parameter split).
 
@@ -20,7 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from curvlab.curvature.coverage import parameter_names
-from curvlab.hparams import OPTIMIZER, HParam, Schema
+from curvlab.hparams import OPTIMIZER, HParam, LogUniform, Schema
 from curvlab.optimizer import OptimizerMeta
 from curvlab_plugins.peers.bridge import PeerOptimizer
 from curvlab_plugins.peers.muon_split import SCOPES, muon_mask
@@ -28,8 +28,8 @@ from curvlab_plugins.peers.muon_split import SCOPES, muon_mask
 __all__ = ["SOAP", "AdaHessian", "Kron", "Muon", "Shampoo", "SophiaH"]
 
 
-def _lr(default: float, grid: tuple[float, ...]) -> HParam:
-    return HParam("lr", float, default, "step size α", low=0.0, grid=grid)
+def _lr(default: float, low: float, high: float) -> HParam:
+    return HParam("lr", float, default, "step size α", low=0.0, space=LogUniform(low, high))
 
 
 def _betas(default: tuple[float, float], doc: str, name: str = "betas") -> HParam:
@@ -85,7 +85,7 @@ class SOAP(PeerOptimizer):
     inner_class = "SOAP"
     schema = Schema(
         [
-            _lr(3e-3, (1e-2, 3e-3, 1e-3)),
+            _lr(3e-3, 1e-4, 1e-2),
             _betas((0.95, 0.95), "Adam EMA coefficients (β₁, β₂) in the eigenbasis"),
             HParam("shampoo_beta", float, None, "EMA coefficient β_s of L, R (None: β₂)",
                    low=0.0, high=1.0, high_open=True, optional=True),
@@ -154,7 +154,7 @@ class Shampoo(PeerOptimizer):
     inner_class = "Shampoo"
     schema = Schema(
         [
-            _lr(1e-3, (3e-3, 1e-3, 3e-4)),
+            _lr(1e-3, 1e-4, 1e-2),
             HParam("momentum", float, 0.0, "momentum on the gradient", low=0.0, high=1.0,
                    high_open=True),
             *_weight_decay(decouple=False),
@@ -196,7 +196,7 @@ class Kron(PeerOptimizer):
     uses_torch_rng = True
     schema = Schema(
         [
-            _lr(1e-3, (3e-3, 1e-3, 3e-4)),
+            _lr(1e-3, 1e-4, 1e-2),
             HParam("momentum", float, 0.9, "momentum EMA coefficient", low=0.0, high=1.0,
                    high_open=True),
             _nonneg("weight_decay", 0.0, "weight decay (matrices only)"),
@@ -244,7 +244,7 @@ class AdaHessian(PeerOptimizer):
     uses_torch_rng = True
     schema = Schema(
         [
-            _lr(0.1, (0.3, 0.1, 0.03)),
+            _lr(0.1, 1e-2, 1.0),
             _betas((0.9, 0.999), "EMA coefficients (β₁, β₂) of g and D²"),
             *_weight_decay(decouple=True),
             HParam("hessian_power", float, 1.0, "exponent k of the denominator", low=0.0,
@@ -284,7 +284,7 @@ class SophiaH(PeerOptimizer):
     uses_torch_rng = True
     schema = Schema(
         [
-            _lr(0.06, (0.2, 0.06, 0.02)),
+            _lr(0.06, 1e-2, 0.3),
             _betas((0.96, 0.99), "EMA coefficients (β₁, β₂) of g and the Hessian diagonal"),
             *_weight_decay(decouple=True),
             _nonneg("p", 0.01, "clipping threshold ρ of the per-coordinate step"),
@@ -329,7 +329,7 @@ class Muon(PeerOptimizer):
     inner_class = "Muon"
     schema = Schema(
         [
-            _lr(0.02, (0.06, 0.02, 0.006)),
+            _lr(0.02, 2e-3, 0.2),
             HParam("momentum", float, 0.95, "momentum μ", low=0.0, high=1.0, high_open=True),
             HParam("nesterov", bool, True, "Nesterov momentum"),
             _nonneg("weight_decay", 0.0, "decoupled weight decay of the Muon matrices"),

@@ -80,9 +80,9 @@ def test_cubic_all_d_zero_is_newton():
         # hard case: ḡ ⟂ critical eigenvector and weak regularisation
         (torch.diag(torch.tensor([-1.0, 1.0], dtype=F64)), torch.tensor([0.0, 1.0], dtype=F64),
          torch.ones(2, dtype=F64), 0.2),
-        # D = 0 where H̄ is indefinite: the model is unbounded below
-        (torch.diag(torch.tensor([-1.0, 1.0], dtype=F64)), torch.tensor([1.0, 1.0], dtype=F64),
-         torch.tensor([0.0, 1.0], dtype=F64), 10.0),
+        # D = 0 where H̄ is not positive definite through the cross terms
+        (torch.tensor([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=F64),
+         torch.ones(3, dtype=F64), torch.tensor([0.0, 0.0, 1.0], dtype=F64), 10.0),
         # zero gradient with negative curvature
         (torch.diag(torch.tensor([-1.0, 1.0], dtype=F64)), torch.zeros(2, dtype=F64),
          torch.ones(2, dtype=F64), 10.0),
@@ -96,6 +96,54 @@ def test_cubic_failures_give_zero_step(h, g, d3, lam):
     out = cubic_step_sizes(h, g, d3, lam)
     assert not out.ok and out.reason
     assert torch.count_nonzero(out.eta) == 0
+
+
+UNBOUNDED_CASES = [  # id, H̄ diagonal entries of the unbounded subsets, their ḡ
+    ("negative-curvature", -1.0, 1.0),
+    ("zero-curvature", 0.0, 1.0),
+    # an attention key bias: gradient and curvature are rounding noise, D_sss = 0 exactly
+    ("rounding-noise", -4e-36, 3e-23),
+]
+
+
+@pytest.mark.parametrize("case", UNBOUNDED_CASES, ids=[c[0] for c in UNBOUNDED_CASES])
+def test_cubic_unbounded_subsets_are_dropped_not_fatal(case):
+    """d_s = 0 and H̄_ss ≤ 0: the model has no minimiser along s; η_s = 0, the rest is solved.
+
+    Regression: one such subset (the key bias of an attention layer) made every solve on the
+    byte-level transformer fail, so GroupedNewton never moved.
+    """
+    _, h_bad, g_bad = case
+    h, g, d3 = _random_problem(12, 4, 0.5)
+    bad = 2
+    h[bad, :] = h[:, bad] = 0.0
+    h[bad, bad], g[bad], d3[bad] = h_bad, g_bad, 0.0
+    out = cubic_step_sizes(h, g, d3, 10.0)
+    assert out.ok and out.dropped == (bad,) and out.eta[bad].item() == 0.0
+    keep = [i for i in range(4) if i != bad]
+    expected = cubic_step_sizes(h[keep][:, keep], g[keep], d3[keep], 10.0)
+    torch.testing.assert_close(out.eta[keep], expected.eta, rtol=1e-12, atol=0)
+
+
+def test_negligible_d_is_judged_per_subset_not_against_the_others():
+    """d_s is negligible only against its own H̄_ss (scale-free), never against max_i d_i.
+
+    Regression: on the deep auto-encoder the first layers' d_s were 1e-10 of the last
+    layers' (their u_s are tiny), were treated as D = 0, H̄ on them was not positive definite
+    and every solve failed: GroupedNewton stalled at the loss of the mean image.
+    """
+    from curvlab_plugins.groupednewton.cubic import effective_d
+
+    h, g, d3 = _random_problem(13, 4, -0.3)
+    a = torch.tensor([1e-10, 1e-8, 1.0, 3.0], dtype=F64)  # tiny directions on two subsets
+    hs, gs, ds = torch.diag(a) @ h @ torch.diag(a), a * g, a**3 * d3
+    assert torch.count_nonzero(effective_d(hs, ds)) == 4
+    out = cubic_step_sizes(hs, gs, ds, 10.0)
+    assert out.ok
+    torch.testing.assert_close(a * out.eta, cubic_step_sizes(h, g, d3, 10.0).eta, rtol=1e-8, atol=0)
+    noise = d3.clone()
+    noise[1] = 1e-18 * h[1, 1].abs() ** 1.5  # d² = 1e-12·|H̄_ss|: below D_REL_TOL
+    assert effective_d(h, noise)[1] == 0.0
 
 
 def test_cubic_zero_subsets_get_zero_step():

@@ -139,22 +139,34 @@ def _reparam_gap(name, steps, **hp):
     th1 = _flat(direct)
     th2 = torch.cat([v.detach().reshape(-1) for v in rep.theta().values()])
     assert torch.isfinite(th1).all()
-    return float((th1 - th2).norm() / th1.norm()), float((th1 - th0).norm() / th0.norm())
+    def decisions(stats):  # counters and σ; per-subset learning rates scale with a_s²
+        return {k: v for k, v in stats.items() if not k.startswith("lr/")}
+
+    assert decisions(opt1.stats) == decisions(opt2.stats)  # rejections, early computations
+    return (float((th1 - th2).norm() / th1.norm()), float((th1 - th0).norm() / th0.norm()),
+            opt1.stats)
 
 
 @pytest.mark.parametrize(
     "hp",
-    [{}, {"order": 2, "lr": 0.05}, {"clip_negative": False, "lr": 0.05}],
-    ids=["defaults-order3", "order2", "unclipped"],
+    [{}, {"order": 2, "lr": 0.05}, {"clip_negative": False, "lr": 0.05},
+     {"recompute_growth": 1.0, "lr": 0.3}, {"ema_before_clip": True},
+     {"plateau_patience": 0, "plateau_window": 5}],
+    ids=["defaults-order3", "order2", "unclipped", "early-recomputations", "ema-before-clip",
+         "plateau-schedule"],
 )
 def test_trajectory_invariant_under_per_subset_affine_reparametrisation(hp):
-    gap, moved = _reparam_gap("groupednewton", 60, **hp)
+    gap, moved, stats = _reparam_gap("groupednewton", 60, **hp)
     assert moved > 1e-3, "the optimizer must actually move for the test to mean anything"
     assert gap <= 1e-8, gap
+    if "recompute_growth" in hp:  # the trigger fired, and identically in both coordinates
+        assert stats["early_computations"] > 0
+    if "plateau_patience" in hp:
+        assert stats["lr_scale"] < 1.0
 
 
 def test_sgd_trajectory_is_not_invariant():
-    gap, _ = _reparam_gap("sgd", 60, lr=0.05, momentum=0.9)
+    gap, _, _ = _reparam_gap("sgd", 60, lr=0.05, momentum=0.9)
     assert gap > 1e-2, gap
 
 
@@ -265,7 +277,8 @@ def test_period_and_ema_bookkeeping():
     model, loss_fn = _tanh_net(9), nn.MSELoss()
     batches = _batches(9)
     opt = curvlab.create("groupednewton", model, loss_fn, period=3, eta_ema=0.5,
-                         safeguard=False)  # exact EMA formula; rejections drop the history
+                         safeguard=False,  # exact EMA formula; rejections drop the history
+                         recompute_growth=None)  # the fixed period alone
     _run(model, loss_fn, opt, batches, 3)
     first = opt.last_tensors
     assert opt.stats["tensor_computations"] == 1 and first.step == 0

@@ -245,7 +245,7 @@ def test_step_needs_a_closure_and_info_is_complete():
     assert info.meta.requires_closure and info.schema["memory"].default == 100
     defaults = info.schema.defaults()
     assert defaults["lr"] == 0.3 and defaults["damping"] == 0.3 and defaults["mu1"] == 0.2
-    assert info.schema["lr"].grid and info.schema["damping"].grid
+    assert info.schema["lr"].search_space and info.schema["damping"].search_space
 
 
 # ------------------------------------------------------------- digits AE (slow)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from curvlab.curvature.bfgs import bfgs_inverse_update
@@ -107,6 +107,7 @@ _vectors = st.lists(_entries, min_size=3, max_size=3)
 
 
 @settings(max_examples=300, deadline=None)
+@example(s=[1e30, 0.0, 0.0], y=[-1.5625e-10, 0.0, 0.0], h=0.03125, dtype=torch.float32, lam=1e-4)
 @given(s=_vectors, y=_vectors, h=st.floats(1e-4, 1e4), dtype=st.sampled_from([torch.float32, F64]),
        lam=st.sampled_from([1e-4, 0.1, 0.3, 1.0]))
 def test_adversarial_pairs_never_give_nan_and_keep_bounds(s, y, h, dtype, lam):

@@ -44,10 +44,11 @@ def test_ablate_in_process(tmp_path, capsys):
                  "--report", str(tmp_path / "rep")])
     out = capsys.readouterr().out
     assert code == 0
-    assert "sgd momentum=0.0" in out and "sgd momentum=0.9" in out
-    rows = list(csv.DictReader(open(tmp_path / "rep" / "runs.csv")))
-    lrs = {dict(kv.split("=") for kv in r["hparams"].split(";"))["lr"] for r in rows}
-    assert lrs == {"0.05", "0.01"}  # ablation runs + the sgd reference
+    assert "sgd momentum=0 " in out and "sgd momentum=0.9 " in out
+    assert "momentum:" in out and "val loss" in out  # the factor table
+    assert (tmp_path / "rep" / "ablation.md").read_text().count("## momentum") == 1
+    rows = list(csv.DictReader(open(tmp_path / "rep" / "cells.csv")))
+    assert [r["label"] for r in rows] == ["sgd momentum=0", "sgd momentum=0.9"]
 
 
 def test_list_and_info(capsys):
@@ -128,17 +129,42 @@ def test_debug_shows_the_traceback_of_an_input_error(capsys):
             "curvlab: error: unknown optimizer")
 
 
-def test_missing_data_stops_a_process_pool_comparison(tmp_path, capsys):
-    """The first run's data error (raised in a worker) ends the comparison with one line."""
+def test_missing_data_stops_the_comparison_before_any_run(tmp_path, capsys):
+    """A missing dataset is one line naming the fix, found before the store is even created."""
     store = tmp_path / "s.sqlite"
-    assert main(["compare", "--problem", "mnist-mlp", "--optimizers", "sgd,adam", "--steps", "3",
-                 "--store", str(store), "--report", "none", "--no-progress"]) == 2
+    assert main(["compare", "--problem", "fashion-mlp", "--optimizers", "sgd,adam", "--steps", "3",
+                 "--data-dir", str(tmp_path), "--store", str(store), "--report", "none",
+                 "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == [err.strip()] and "--data-dir" in err
-    import sqlite3
+    assert err.strip().splitlines() == [err.strip()]
+    assert "apt-get install dataset-fashion-mnist" in err and "curvlab data" in err
+    assert not store.exists()
 
-    with sqlite3.connect(store) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()[0] == 0
+
+def test_data_error_in_a_worker_stops_a_process_pool_comparison(tmp_path):
+    """Data that differ in the worker (another fingerprint) end the batch with DataError."""
+    import pytest
+
+    from curvlab.harness.config import RunConfig
+    from curvlab.harness.executor import run_configs
+    from curvlab.harness.runner import DataError
+    from curvlab.harness.settings import RunSettings
+    from curvlab.harness.store import Store
+
+    cfgs = [RunConfig("quadratic", "sgd", {"lr": 0.1}, seed=s, steps=3, data_fingerprint="0" * 64)
+            for s in range(3)]
+    store = Store(tmp_path / "s.sqlite")
+    with pytest.raises(DataError, match="fingerprint"):
+        run_configs(cfgs, store, RunSettings(executor="process", jobs=2))
+    assert store.count_runs().get("done", 0) == 0
+
+
+def test_data_command_lists_every_dataset(capsys, tmp_path):
+    assert main(["data", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("fashion-mnist", "mnist", "stdlib-text", "digits", "synthetic"):
+        assert name in out
+    assert "MISSING" in out and "apt-get install dataset-fashion-mnist" in out
 
 
 def test_settings_from_the_command_line_reach_the_stored_comparison(tmp_path, capsys):
@@ -158,3 +184,25 @@ def test_settings_from_the_command_line_reach_the_stored_comparison(tmp_path, ca
         "steps": 7, "seconds": None, "eval_every": 7, "target": 1e9, "seeds": 2,
         "dtype": "float64", "problem_options": load_problem("quadratic", small=True).options(),
         "hparams": {"sgd": {"lr": 0.05}}}
+
+
+def test_report_as_parquet(tmp_path):
+    pq = __import__("pytest").importorskip("pyarrow.parquet")
+    store = tmp_path / "s.sqlite"
+    assert main(["compare", "--problem", "quadratic", "--optimizers", "sgd,adam", "--steps", "4",
+                 "--eval-every", "2", "--seeds", "2", "--executor", "serial", "--store",
+                 str(store), "--report", "none"]) == 0
+    rep = tmp_path / "rep"
+    assert main(["report", "--store", str(store), "--out", str(rep), "--format", "parquet"]) == 0
+    assert not (rep / "summary.md").exists()
+    summary = pq.read_table(rep / "summary.parquet").to_pylist()
+    assert sorted(r["label"] for r in summary) == ["adam", "sgd"]
+    assert all(r["runs"] == 2 and r["val_loss"] > 0 for r in summary)
+    runs = pq.read_table(rep / "runs.parquet").to_pylist()
+    assert len(runs) == 4 and {r["env_torch"] for r in runs} and all(r["plugin_code"] for r in runs)
+    curves = pq.read_table(rep / "curves.parquet")
+    assert {"val_loss", "test_loss", "train_loss"} <= set(curves.column_names)
+    both = tmp_path / "both"
+    assert main(["report", "--store", str(store), "--out", str(both), "--format",
+                 "markdown,parquet"]) == 0
+    assert (both / "summary.md").exists() and (both / "runs.parquet").exists()

@@ -75,15 +75,25 @@ def test_time_to_target(losses, target, expected):
     assert time_to_target(curve, target) == expected
 
 
-def test_summary_ratio_and_mean_std():
-    def res(loss, st):
-        return RunResult("k", "done", "steps", RunMetrics(final_loss=loss, step_time=st), {}, [])
+def test_summary_medians_iqr_and_step_cost():
+    def res(loss, val, cost, status="done"):
+        m = RunMetrics(final_loss=loss, final_val_loss=val, step_time=0.001 * cost,
+                       ref_step_time=0.001, step_cost=cost)
+        return RunResult("k", status, "steps", m, {}, [])
 
-    rows = summarize({"sgd": [({}, res(1.0, 0.001)), ({}, res(3.0, 0.001))],
-                      "x": [({}, res(0.5, 0.004))]}, target=0.1)
+    rows = summarize({"sgd": [({}, res(1.0, 1.1, 1.0)), ({}, res(3.0, 3.3, 1.2)),
+                              ({}, res(2.0, 2.2, 1.1))],
+                      "x": [({}, res(0.5, 0.6, 4.0)), ({}, res(0.4, 0.5, 4.0, "error"))]},
+                     target=0.1)
     by = {r["label"]: r for r in rows}
-    assert by["sgd"]["final_loss"] == 2.0 and by["sgd"]["final_loss_std"] == mean_std([1, 3])[1]
-    assert by["x"]["ratio_vs_sgd"] == pytest.approx(4.0)
+    assert (by["sgd"]["final_loss"], by["sgd"]["final_loss_q25"], by["sgd"]["final_loss_q75"]) \
+        == (2.0, 1.5, 2.5)
+    assert by["sgd"]["val_loss"] == pytest.approx(2.2) and by["sgd"]["step_cost"] == 1.1
+    assert by["sgd"]["val_loss_ci_low"] <= 2.2 <= by["sgd"]["val_loss_ci_high"]
+    # a failed run enters the losses as inf: the median of (0.6, inf) is inf
+    assert by["x"]["val_loss"] == math.inf and by["x"]["errors"] == 1
+    assert by["x"]["step_cost"] == 4.0  # costs only from the runs that finished
+    assert mean_std([1, 3]) == (2.0, math.sqrt(2))
 
 
 def test_stages_compose_to_execute():
@@ -123,7 +133,8 @@ def test_data_is_loaded_once_per_run(monkeypatch):
     monkeypatch.setattr(Quadratic, "load_data", counted)
     c = compare("quadratic", ["sgd", "adam"], seeds=2, steps=3, eval_every=3,
                 store=":memory:", executor="serial")
-    assert len(calls) == len(c.store.members(c.id)) == 4
+    # once in the parent (checked and fingerprinted before any run), once per run
+    assert len(calls) - 1 == len(c.store.members(c.id)) == 4
 
 
 def test_data_error_stops_the_comparison(tmp_path):
@@ -134,7 +145,7 @@ def test_data_error_stops_the_comparison(tmp_path):
     store = Store(tmp_path / "s.sqlite")
     with pytest.raises(DataError, match="problem 'mnistmlp': cannot load its data.*--data-dir"):
         compare("mnist-mlp", ["sgd", "adam"], steps=3, store=store, executor="serial")
-    assert store.count_runs() == {"running": 1}  # the first run only; redone on the next call
+    assert store.count_runs() == {}  # found before the first run
 
 
 def test_metrics_record_round_trips_and_refuses_unknown_fields():

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from curvlab.harness.compare import ablate, compare
+from curvlab.harness import ablate, compare
 from curvlab.harness.config import RunConfig
 from curvlab.harness.settings import SCOPES, RunOptions, RunSettings, declared_settings
 
@@ -80,10 +80,11 @@ def test_compare_takes_settings_and_keywords_override_them():
 
 def test_ablate_takes_settings():
     s = RunSettings(steps=4, eval_every=2, store=":memory:", executor="serial")
-    c = ablate("quadratic", "sgd", "momentum", [0.0, "0.5"], hparams={"lr": "0.05"}, settings=s)
-    assert [r["label"] for r in c.summary()] == ["sgd momentum=0.0", "sgd momentum=0.5", "sgd"]
+    a = ablate("quadratic", "sgd", "momentum", [0.0, "0.5"], hparams={"lr": "0.05"}, settings=s)
+    c = a.comparisons["quadratic"]
+    assert [r["label"] for r in c.summary()] == ["sgd momentum=0", "sgd momentum=0.5"]
     assert c.spec["hparams"] == {"sgd": {"lr": 0.05}}
-    with pytest.raises(ValueError, match="sgd.momentum is the ablated hyper-parameter"):
+    with pytest.raises(ValueError, match="sgd.momentum is varied; do not also fix it"):
         ablate("quadratic", "sgd", "momentum", [0.0], hparams={"momentum": 0.5}, settings=s)
 
 

@@ -147,15 +147,16 @@ def test_unwritable_store(tmp_path):
         Store(blocker / "sub" / "s.sqlite")
 
 
-def test_tuning_picks_lowest_final_loss_and_reruns_seeds(tmp_path):
+def test_tuning_picks_lowest_validation_loss_and_reruns_with_evaluation_seeds(tmp_path):
     store = Store(":memory:")
-    comp = compare("quadratic", ["sgd"], steps=30, eval_every=10, seeds=2, tune=True,
+    comp = compare("quadratic", ["sgd"], steps=30, eval_every=10, seeds=2, tune=True, trials=5,
                    store=store, executor="serial")
     tune = comp.records(("tune",))
-    assert len(tune) == 4  # sgd's lr grid
-    best = min(tune, key=lambda r: r["result"].metrics.final_loss)
+    assert len(tune) == 5 and {r["config"].seed for r in tune} == {1000}  # the tuning seed
+    best = min(tune, key=lambda r: r["result"].ranked_val_loss)
     finals = comp.records(("final",))
     assert sorted(r["config"].seed for r in finals) == [0, 1]
     assert all(r["config"].hparams == best["config"].hparams for r in finals)
     row = comp.summary()[0]
-    assert row["runs"] == 2 and row["hparams"] == f"lr={best['config'].hparams['lr']}"
+    assert row["runs"] == 2 and row["trials"] == 5
+    assert row["hparams"] == f"lr={best['config'].hparams['lr']:.4g}"

@@ -8,6 +8,7 @@ their bytes too.
 """
 
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -196,3 +197,59 @@ def test_unknown_metric_in_a_stored_run_is_refused_by_name(good, tmp_path):
     key = store.conn.execute("SELECT key FROM runs").fetchone()[0]
     with pytest.raises(StoreError, match="unknown run metric.*flops"):
         store.result(key)
+
+
+FORMAT_1 = """
+CREATE TABLE runs (key TEXT PRIMARY KEY, problem TEXT, optimizer TEXT, seed INTEGER,
+    config TEXT, version TEXT, status TEXT, stop_reason TEXT, metrics TEXT, stats TEXT,
+    error TEXT, started REAL, finished REAL);
+CREATE TABLE curves (key TEXT, kind TEXT, step INTEGER, time REAL, loss REAL, test_loss REAL,
+    test_acc REAL, PRIMARY KEY (key, kind, step));
+CREATE TABLE comparisons (id TEXT PRIMARY KEY, created REAL, spec TEXT);
+CREATE TABLE members (comparison TEXT, key TEXT, role TEXT, label TEXT,
+    PRIMARY KEY (comparison, key, role));
+"""
+
+
+def _format_1_store(path):
+    """A store as curvlab wrote it before provenance and validation columns (format 1)."""
+    config = {"problem": "quadratic", "optimizer": "sgd", "hparams": {"lr": 0.1}, "seed": 0,
+              "problem_options": {"small": False, "data_dir": None}, "steps": 4,
+              "seconds": 15.0, "eval_every": 2, "device": "cpu", "dtype": "float32",
+              "threads": 1}
+    spec = {"kind": "compare", "problem": "quadratic", "optimizers": ["sgd"], "tune": False,
+            "select": "loss", "hparams": {}, "seeds": 1, "target": 0.02, "steps": 4,
+            "seconds": 15.0, "eval_every": 2, "device": "cpu", "dtype": "float32", "threads": 1,
+            "problem_options": {"small": False, "data_dir": None}, "shown": {"sgd": []}}
+    metrics = {"steps": 4, "train_time": 0.01, "step_time": 0.0025, "initial_loss": 9.0,
+               "final_loss": 5.0, "best_loss": 5.0, "final_test_loss": 5.5,
+               "final_test_acc": None, "peak_mem_mb": 300.0, "mem_delta_mb": 1.0,
+               "diverged": False, "optimum": 0.01, "warnings": 0, "warning_kinds": []}
+    with sqlite3.connect(path) as conn:
+        conn.executescript(FORMAT_1)
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO runs VALUES ('k1', 'quadratic', 'sgd', 0, ?, '0.1.0', 'done', "
+                     "'steps', ?, '{}', '', 1.0, 2.0)", (json.dumps(config), json.dumps(metrics)))
+        conn.executemany("INSERT INTO curves VALUES ('k1', 'eval', ?, ?, ?, ?, NULL)",
+                         [(0, 0.0, 9.0, None), (2, 0.005, 7.0, None), (4, 0.01, 5.0, 5.5)])
+        conn.execute("INSERT INTO comparisons VALUES ('old', 1.0, ?)", (json.dumps(spec),))
+        conn.execute("INSERT INTO members VALUES ('old', 'k1', 'final', 'sgd')")
+
+
+def test_a_format_1_store_is_reported_as_it_is_and_upgraded_when_written(tmp_path, capsys):
+    path = tmp_path / "v1.sqlite"
+    _format_1_store(path)
+    before = _digest(path)
+    assert main(["report", "--store", str(path), "--out", str(tmp_path / "rep")]) == 0
+    assert "| sgd |" in capsys.readouterr().out and _digest(path) == before
+    store = Store(path)  # opened for writing: upgraded in place
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == STORE_FORMAT == 2
+    cols = {r[1] for r in store.conn.execute("PRAGMA table_info('curves')")}
+    assert {"val_loss", "val_acc"} <= cols
+    old = store.result("k1", curve=True)
+    assert old.metrics.final_loss == 5.0 and old.provenance == {}
+    assert [p.val_loss for p in old.curve] == [None, None, None]
+    assert store.config("k1").plugin_code == "unrecorded"
+    c = compare("quadratic", ["sgd"], store=store, **RUN)  # new runs next to the old ones
+    assert c.id != "old" and len(store.keys()) == 2

@@ -206,6 +206,32 @@ class BatchStream:
         idx = self._order.pop().to(self.x.device)
         return self.x[idx], self.y[idx]
 
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the stream: generator state and the batches left in this epoch.
+
+        Example:
+            >>> s = BatchStream(torch.arange(6.0), torch.arange(6), 2, seed=0)
+            >>> _ = next(s); state = s.state_dict(); a = next(s)[1].tolist()
+            >>> s.load_state_dict(state); a == next(s)[1].tolist()
+            True
+        """
+        return {"generator": self.generator.get_state(),
+                "order": [t.clone() for t in self._order], "batch_size": self.batch_size,
+                "n": self.n}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` of a stream over the same data.
+
+        Raises:
+            ValueError: the state belongs to a stream of another size or batch size.
+        """
+        if state["n"] != self.n or state["batch_size"] != self.batch_size:
+            raise ValueError(f"batch-stream state of {state['n']} rows in batches of "
+                             f"{state['batch_size']} does not fit this stream ({self.n} rows, "
+                             f"batches of {self.batch_size})")
+        self.generator.set_state(state["generator"])
+        self._order = [t.clone() for t in state["order"]]
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -267,8 +293,13 @@ class Problem:
         fresh_batch_size: In effect on an instance (class: ``None``).
         default_eval_size: Default size of the training-loss evaluation subset
             (``None``: the whole training set).
+        default_eval_every: Default evaluation period of a run in steps
+            (the harness's ``--eval-every``): one evaluation (subset + full
+            validation set) should cost a small fraction of the steps between
+            two evaluations.
         eval_batch_size: Rows per forward pass when evaluating (memory bound).
-        target_loss: Default loss target for time-to-target (reported scale).
+        target_loss: Default validation-loss target for time-to-target and the
+            time-to-target selection (reported scale).
         loss_scale: Factor from the optimised loss to the reported loss.
         optimum: Known optimal loss (reported scale), if any.
 
@@ -295,6 +326,7 @@ class Problem:
     small_batch_size: ClassVar[int | None] = None
     fresh_batch_size: int | None = None
     default_eval_size: ClassVar[int | None] = None
+    default_eval_every: ClassVar[int] = 25
     eval_batch_size: ClassVar[int] = 1024
     validation_fraction: ClassVar[float] = 0.1
     validation_max: ClassVar[int] = 5000
@@ -320,8 +352,13 @@ class Problem:
                 raise ValueError(f"eval_size must be an integer >= 1 or 'full', got {eval_size!r}")
             eval_size = int(eval_size)
         self.eval_size: int | str | None = eval_size
-        self._explicit = {"batch_size": batch_size is not None,
-                          "fresh_batch_size": fresh_batch_size is not None}
+        # a size equal to the default is not an explicit choice: options() reports the sizes in
+        # effect, and load_problem(name, **p.options()) must rebuild p (a default above the
+        # training rows is clipped, an explicit one refused)
+        self._explicit = {
+            "batch_size": batch_size is not None and batch_size != (default or type(self).batch_size),
+            "fresh_batch_size": fresh_batch_size is not None and fresh_batch_size != self.batch_size,
+        }
 
     def options(self) -> dict[str, Any]:
         """The options that define this problem instance (part of the run hash).

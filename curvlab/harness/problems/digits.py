@@ -63,7 +63,7 @@ class DigitsMLP(Problem):
     summary = "sklearn digits, MLP 64-128-64-10 ReLU, cross-entropy"
     task = "classification"
     batch_size = 128
-    target_loss = 0.05
+    target_loss = 0.15  # validation loss (its floor is ~0.1: 144 validation images)
 
     def load_data(self) -> Dataset:
         """Fixed split of the 1797 digits (see module docstring)."""

@@ -263,6 +263,7 @@ class MNISTMLP(IDXImageProblem):
     task = "classification"
     batch_size = 100
     target_loss = 0.1
+    default_eval_every = 100  # one evaluation (5000 + 5000 rows) costs ~20 SGD steps
 
     def build_model(self) -> nn.Module:
         """784-1000-1000-1000-10 (small: 784-32-32-32-10), ReLU, no biases."""
@@ -317,6 +318,7 @@ class MNISTCNN(IDXImageProblem):
     small_batch_size = 64
     eval_batch_size = 128  # 28x28x16 activations of bigger chunks leave the cache: 3x slower
     target_loss = 0.1
+    default_eval_every = 100  # one evaluation (5000 + 5000 rows) costs ~24 SGD steps
 
     def build_model(self) -> nn.Module:
         """ResNet-8, width 16 (small: width 4)."""

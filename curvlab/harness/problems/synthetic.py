@@ -81,7 +81,7 @@ class TeacherStudent(Problem):
     summary = "regress a random tanh teacher MLP 16-32-32-1 with the same architecture; optimum 0"
     task = "regression"
     batch_size = 128
-    target_loss = 1e-3
+    target_loss = 6e-3  # validation loss (Adam and K-FAC reach 5e-3 to 6e-3 in 500 steps)
     optimum = 0.0
 
     def load_data(self) -> Dataset:

@@ -71,6 +71,7 @@ class TextTransformer(Problem):
     small_batch_size = 16
     default_eval_size = 512
     eval_batch_size = 64
+    default_eval_every = 50  # one evaluation costs ~14 steps
     validation_fraction = 0.05
     target_loss = 2.3
 

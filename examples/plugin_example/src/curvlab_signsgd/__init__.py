@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from curvlab import CurvatureOptimizer, Evaluation, HParam, OptimizerMeta, Schema, Step
+from curvlab.hparams import LogUniform
 
 __all__ = ["SignSGD"]
 
@@ -43,7 +44,7 @@ class SignSGD(CurvatureOptimizer):
     schema = Schema(
         [
             HParam("lr", float, 1e-3, "step size α (every weight moves by α)", low=0.0,
-                   grid=(1e-2, 3e-3, 1e-3, 3e-4)),
+                   space=LogUniform(1e-4, 1e-2)),
             HParam("momentum", float, 0.9, "EMA coefficient β of the gradient (0: signSGD)",
                    low=0.0, high=1.0, high_open=True),
             HParam("weight_decay", float, 0.0, "decoupled weight decay w", low=0.0),
