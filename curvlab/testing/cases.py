@@ -203,7 +203,6 @@ MODELS: tuple[ModelCase, ...] = (
     ModelCase("digits-mlp", DigitsMLP().build_model, (64,), 10,
               note="the digits problem's ReLU MLP 64-128-64-10"),
     ModelCase("digits-cnn", DigitsCNN().build_model, (1, 8, 8), 10,
-              refused={"kbfgs": _CONV, "kbfgsl": _CONV},
               note="the digits problem's CNN (two Conv2d with max-pooling, Linear head)"),
     ModelCase("no-bias", _tiny(bias=False), (5,), 3, note="Linear layers without bias"),
     ModelCase("inplace-relu", _tiny(inplace=True), (5,), 3,

@@ -1,6 +1,7 @@
 r"""K-BFGS and K-BFGS(L) (Goldfarb, Ren & Bahamou, NeurIPS 2020, arXiv 2006.08877).
 
-Block-diagonal over ``Linear`` layers. For a layer with homogeneous input
+Block-diagonal over ``Linear`` and ``Conv2d`` layers (see "Layer types"
+below). For a layer with homogeneous input
 :math:`a = (x, 1)` and pre-activation :math:`h = W a` (bias folded into the
 last column of :math:`W`), the Hessian block is approximated by the
 Kronecker product :math:`A \otimes G`, whose inverse is kept as
@@ -39,6 +40,40 @@ Kronecker product :math:`A \otimes G`, whose inverse is kept as
    of step 4 is kept (it is a valid secant pair between :math:`\theta` and
    :math:`\theta^+`). ``line_search=False`` is the paper's algorithm.
 
+Layer types and positions. A layer sees :math:`N` examples with :math:`R`
+positions each, :math:`NR` rows :math:`(a_{n,r}, h_{n,r})`
+(:mod:`curvlab_plugins.kbfgs.capture`); the gradient of a shared weight is
+the sum over rows, :math:`\nabla_W L = \sum_{n,r} g_{n,r} a_{n,r}^\top`.
+
+* ``Linear`` on ``(N, in)`` (:math:`R = 1`, the paper) or on ``(N, *, in)``
+  (sequences, channel-last images: the middle dimensions are positions): the
+  *expand* convention of Eschenhagen et al. (NeurIPS 2023), every position an
+  extra sample: :math:`A = \frac1{NR}\sum_{n,r} a a^\top` (the mean over all
+  rows), :math:`s = \frac1{NR}\sum_{n,r}\Delta h`, :math:`y = \kappa \sum_{n,r}
+  \Delta(\partial L/\partial h)` (the per-example gradient summed over positions, averaged over
+  examples: :math:`G` is then the per-example Hessian summed over positions,
+  so :math:`A \otimes G` has the scale of the weight-shared Hessian),
+  :math:`\lambda_A = \mu_2 = \sqrt\lambda`. With :math:`R = 1` this is the paper's algorithm.
+* ``Conv2d`` (``groups=1``, numeric zero padding; others are refused): the
+  extension of K-BFGS to convolutions (Ren, Bahamou & Goldfarb,
+  arXiv 2102.06737, KF-QN-CNN) with the KFC split of Grosse & Martens
+  (2016): :math:`a_{n,r}` the unfolded input patches (``C_in k_h k_w`` (+1)
+  entries), :math:`A = \frac1N \sum_{n,r} a a^\top` (summed over the
+  :math:`R = H_\text{out} W_\text{out}` positions, averaged over examples),
+  :math:`s = \frac1{NR}\sum_{n,r}\Delta h`, :math:`y = \frac{\kappa}{R}
+  \sum_{n,r} \Delta(\partial L/\partial h)` (averaged over positions), and the
+  damping split by :math:`R`, :math:`\lambda_A = \sqrt{\lambda R}`, :math:`\mu_2 =
+  \sqrt{\lambda/R}`, as in ASDL's public ``KronBfgsGradientMaker`` (which
+  also averages :math:`\Delta h`, :math:`\Delta g` over positions).
+  :math:`A \otimes G` is the same product as the expand convention's (the
+  factors :math:`R` and :math:`1/R` cancel); only the damping is shared
+  differently. With :math:`R = 1` (a 1×1 kernel on 1×1 images) it is exactly
+  the ``Linear`` algorithm (tested). The paper's own text could not be
+  consulted offline; this follows KFC and ASDL.
+
+A layer called more than once per evaluation (a shared module) is refused
+at its first step, naming it.
+
 Loss normalisation: the hyper-parameters refer to the paper's loss, the
 mean over examples of a per-example loss summed over outputs. At every
 evaluation the factor :math:`\kappa` with :math:`L_\text{paper} = \kappa
@@ -58,7 +93,8 @@ unchanged), ``retracted_steps`` (steps cut by the line search); values:
 
 Scopes: every hyper-parameter but ``line_search`` (optimizer-wide: the
 test is on the whole step) is per param group (a layer uses the group of
-its weight). Shapes per ``Linear(d_in, d_out)`` layer: :math:`A, H_a`
+its weight). Shapes per ``Linear(d_in, d_out)`` layer (``Conv2d``:
+:math:`d_\text{in} = C_\text{in} k_h k_w`, :math:`d_\text{out} = C_\text{out}`): :math:`A, H_a`
 ``(d_in + 1, d_in + 1)`` with a trainable bias (``(d_in, d_in)`` without
 one, or with a frozen one: a frozen bias is a constant, not part of the
 block), :math:`H_g` ``(d_out, d_out)``, :math:`s, y` ``(d_out,)``. Frozen
@@ -80,7 +116,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -93,6 +129,7 @@ from curvlab.curvature.coverage import layer_coverage
 from curvlab.curvature.descent import descend_
 from curvlab.curvature.double_damping import DampedPair, double_damping, double_damping_blocks
 from curvlab.curvature.finite import all_finite, finite_flags
+from curvlab.curvature.layers import conv_problem
 from curvlab.curvature.lbfgs import LBFGSMemory, compact_apply, compact_factors
 from curvlab.hparams import OPTIMIZER, HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
@@ -132,9 +169,9 @@ _HINT = "lower lr (e.g. lr=0.1) or raise damping (e.g. damping=1.0); keep line_s
 
 
 def _meta(summary: str, *tags: str) -> OptimizerMeta:
-    """What K-BFGS and K-BFGS(L) declare alike (Linear layers, a closure evaluated twice)."""
-    return OptimizerMeta(summary=summary, paper=_PAPER, layers=("Linear",), requires_closure=True,
-                         needs_loss_fn=True, conformance={"lr": 0.3}, divergence_hint=_HINT,
+    """What K-BFGS and K-BFGS(L) declare alike (Linear/Conv2d layers, a closure evaluated twice)."""
+    return OptimizerMeta(summary=summary, paper=_PAPER, layers=("Linear", "Conv2d"),
+                         requires_closure=True, needs_loss_fn=True, conformance={"lr": 0.3}, divergence_hint=_HINT,
                          tags=("quasi-newton", "kronecker", *tags))
 
 
@@ -152,10 +189,13 @@ class LayerStatistics:
             (:class:`~curvlab_plugins.kbfgs.normalisation.PaperNormalisation`), also
             applied to the weight gradients; ``None`` when nothing could be
             measured (no finite, non-zero gradient at the outputs).
+        positions: ``{layer: R}``, positions per example (1 for a ``Linear``
+            on ``(N, in)`` inputs).
     """
 
     records: dict[str, dict[str, Tensor]]
     scale: float | None
+    positions: dict[str, int] = field(default_factory=dict)
 
 
 def _value(loss: Any) -> float:
@@ -209,7 +249,8 @@ class _KBFGSBase(CurvatureOptimizer):
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         model = self.require_model()
-        coverage = layer_coverage(model, self.param_groups, (nn.Linear,), who=self.name)
+        coverage = layer_coverage(model, self.param_groups, (nn.Linear, nn.Conv2d), who=self.name,
+                                  check=conv_problem)
         for name, mod in coverage.layers.items():
             if not coverage.trainable(mod.weight):
                 raise ValueError(
@@ -228,7 +269,8 @@ class _KBFGSBase(CurvatureOptimizer):
     def _evaluate(self, closure: Callable[..., Tensor]) -> Evaluation[LayerStatistics]:
         with self._capture.recording(inputs=True) as rec, self._normalisation:
             loss = call_closure(closure, who=self.name)
-        return Evaluation(loss, LayerStatistics(rec.records, self._normalisation.factor(loss)))
+        return Evaluation(loss, LayerStatistics(rec.records, self._normalisation.factor(loss),
+                                                rec.positions))
 
     def _blocks_for(self, names: list[str], like: Tensor) -> Blocks:
         """The (cached) concatenation layout of the layers' output widths."""
@@ -290,16 +332,18 @@ class _KBFGSBase(CurvatureOptimizer):
             group = self.coverage.group(mod.weight)
             x = first[name]["x"]
             X = F.pad(x, (0, 1), value=1.0) if self._bias[name] is not None else x
+            a_norm, lam_a, _ = self._conventions(mod, X.shape[0], evaluation.data.positions[name],
+                                                 group)
             old = self.curv_state.get(name)
             if old is None:
-                entries[name] = self._first_entry(X, mod.weight, group)
+                entries[name] = self._first_entry(X, a_norm, lam_a, mod.weight, group)
                 continue
-            # A ← βA + (1-β) XᵀX/N in one GEMM; Hessian-action pair s_a = H_a ā, y_a = (A + λ_A I) s_a
+            # A ← βA + (1-β) XᵀX/n_A in one GEMM; Hessian-action pair s_a = H_a ā, y_a = (A + λ_A I) s_a
             beta = group["stat_decay"]
-            A = torch.addmm(old["A"], X.T, X, beta=beta, alpha=(1 - beta) / X.shape[0])
+            A = torch.addmm(old["A"], X.T, X, beta=beta, alpha=(1 - beta) / a_norm)
             H_a = old["H_a"]
             s_a = H_a @ X.mean(0)
-            y_a = torch.addmv(s_a, A, s_a, beta=math.sqrt(group["damping"]))
+            y_a = torch.addmv(s_a, A, s_a, beta=lam_a)
             entries[name] = {**old, "A": A}
             upd_names.append(name)
             upd_H.append(H_a)
@@ -312,7 +356,7 @@ class _KBFGSBase(CurvatureOptimizer):
         for name in names:
             entry, bias = entries[name], self._bias[name]
             group = self.coverage.group(self._layers[name].weight)
-            mW = new_mom[self._layers[name].weight]
+            mW = new_mom[self._layers[name].weight].flatten(1)  # Conv2d: (C_out, C_in k_h k_w)
             Mat = mW if bias is None else torch.cat([mW, new_mom[bias][:, None]], dim=1)
             prepared[name] = self._hg_prepare(entry, group)
             directions.append(self._hg_apply(prepared[name], Mat @ entry["H_a"]))
@@ -322,8 +366,9 @@ class _KBFGSBase(CurvatureOptimizer):
         params, steps, lrs = [], [], []
         for name, P in zip(names, directions):
             mod, bias = self._layers[name], self._bias[name]
-            cols = mod.weight.shape[1]
-            for p, d in ((mod.weight, P[:, :cols]), (bias, P[:, cols] if bias is not None else None)):
+            cols = mod.weight[0].numel()
+            for p, d in ((mod.weight, P[:, :cols].reshape(mod.weight.shape)),
+                         (bias, P[:, cols] if bias is not None else None)):
                 if p is not None and d is not None and p.grad is not None:
                     params.append(p)
                     steps.append(d)
@@ -337,7 +382,8 @@ class _KBFGSBase(CurvatureOptimizer):
         for p, m in new_mom.items():
             self.state[p]["momentum_buffer"] = m
         self.curv_state.update(entries)
-        counts, loss_plus = self._pre_activation_pairs(closure, first, names, prepared, scale)
+        counts, loss_plus = self._pre_activation_pairs(closure, first, names, prepared, scale,
+                                                       evaluation.data.positions)
         values = {"loss_scale": scale}
         if line_search:
             f0 = scale * _value(evaluation.loss)
@@ -366,11 +412,28 @@ class _KBFGSBase(CurvatureOptimizer):
         slope, decay = torch.stack(terms).double().sum(0).tolist()
         return slope, decay
 
-    def _first_entry(self, X: Tensor, weight: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+    def _conventions(self, module: nn.Module, rows: int, positions: int,
+                     group: dict[str, Any]) -> tuple[float, float, float]:
+        r"""``(n_A, λ_A, μ₂ · R_y)`` of one layer: :math:`A = X^\top X / n_A`, damping, pair scale.
+
+        ``Linear`` (any input rank): :math:`n_A = NR` (the mean over all rows),
+        :math:`\lambda_A = \mu_2 = \sqrt\lambda`, :math:`y` summed over positions
+        (third value 1). ``Conv2d`` (KFC split, as ASDL's K-BFGS for CNNs):
+        :math:`n_A = N` (positions summed), :math:`\lambda_A = \sqrt{\lambda R}`,
+        :math:`\mu_2 = \sqrt{\lambda / R}`, :math:`y` averaged over positions
+        (third value :math:`R`). See the module docstring.
+        """
+        lam = math.sqrt(group["damping"])
+        if isinstance(module, nn.Conv2d):
+            return rows / positions, lam * math.sqrt(positions), float(positions)
+        return float(rows), lam, 1.0
+
+    def _first_entry(self, X: Tensor, a_norm: float, lam_a: float, weight: Tensor,
+                     group: dict[str, Any]) -> dict[str, Tensor]:
         """State of a layer's first step: A from the batch, H_a = (A + λ_A I)⁻¹ explicitly, H_g = I."""
-        A = (X.T @ X).div_(X.shape[0])
+        A = (X.T @ X).div_(a_norm)
         eye = torch.eye(A.shape[0], dtype=torch.float64, device=A.device)
-        L, info = torch.linalg.cholesky_ex(A.double() + math.sqrt(group["damping"]) * eye)
+        L, info = torch.linalg.cholesky_ex(A.double() + lam_a * eye)
         H_a = torch.cholesky_inverse(L) if int(info) == 0 else torch.full_like(eye, math.nan)
         H_a = ((H_a + H_a.T) / 2).to(A.dtype)
         d_out = weight.shape[0]
@@ -379,7 +442,7 @@ class _KBFGSBase(CurvatureOptimizer):
 
     def _pre_activation_pairs(
         self, closure: Callable[..., Tensor], first: dict[str, dict[str, Tensor]], names: list[str],
-        prepared: dict[str, Any], scale: float,
+        prepared: dict[str, Any], scale: float, positions: dict[str, int],
     ) -> tuple[dict[str, int], Any]:
         """Second evaluation at θ⁺ on the same batch, then the damped H_g updates (one sync).
 
@@ -404,26 +467,30 @@ class _KBFGSBase(CurvatureOptimizer):
         if pair_names:
             scales = (scale, scale if measured is None else measured)
             counts = [c + v for c, v in zip(counts, self._damped_updates(
-                first, second, pair_names, prepared, scales))]
+                first, second, pair_names, prepared, scales, positions))]
         return {"pairs": len(names), "powell_damped": counts[0], "lm_damped": counts[1],
                 "skipped_pairs": counts[2]}, loss
 
     def _damped_updates(
         self, first: dict[str, dict[str, Tensor]], second: dict[str, dict[str, Tensor]],
         names: list[str], prepared: dict[str, Any], scales: tuple[float, float],
+        positions: dict[str, int],
     ) -> list[int]:
         r"""Smoothed pairs, double damping and H_g candidates for all layers at once; commit.
 
         ``scales``: :math:`\kappa` of the evaluations at θ and θ⁺ (:math:`\bar g = \kappa`
-        ``g_sum``).
+        ``g_sum``); ``positions``: :math:`R` per layer (:meth:`_conventions`).
         """
         entries = [self.curv_state[n] for n in names]
         groups = [self.coverage.group(self._layers[n].weight) for n in names]
+        conv = [self._conventions(self._layers[n], 1, positions.get(n, 1), g)
+                for n, g in zip(names, groups)]
         blocks = self._blocks_for(names, entries[0]["s"])
         cat = torch.cat
         s_new = cat([second[n]["h_mean"] for n in names]) - cat([first[n]["h_mean"] for n in names])
-        y_new = (cat([second[n]["g_sum"] for n in names]) * scales[1]
-                 - cat([first[n]["g_sum"] for n in names]) * scales[0])
+        # y summed over positions (Linear, c[2] = 1: x / 1.0 is exact) or averaged (Conv2d)
+        y_new = cat([(second[n]["g_sum"] * scales[1] - first[n]["g_sum"] * scales[0]) / c[2]
+                     for n, c in zip(names, conv)])
         s_old, y_old = cat([e["s"] for e in entries]), cat([e["y"] for e in entries])
         # a layer's new pair is used only if finite (a sum is non-finite iff an entry is, or overflow)
         fresh = torch.isfinite(blocks.dots([(s_new + y_new, torch.ones_like(s_new))])[:, 0])
@@ -436,14 +503,15 @@ class _KBFGSBase(CurvatureOptimizer):
         s_parts, y_parts = blocks.split(s), blocks.split(y)
         prep = [prepared[n] for n in names]
         Hy = cat([self._hg_apply(pr, yb) for pr, yb in zip(prep, y_parts)])
-        mus = {(g["mu1"], g["damping"]) for g in groups}
+        # LM threshold μ₂ = √λ (Linear), √(λ/R) (Conv2d), see _conventions
+        mu2s = [math.sqrt(g["damping"] / c[2]) for g, c in zip(groups, conv)]
+        mus = {(g["mu1"], m) for g, m in zip(groups, mu2s)}
         if len(mus) == 1:
-            mu1, lam = mus.pop()
-            pair = double_damping_blocks(s, y, Hy, blocks.index, blocks.n, mu1=mu1,
-                                         mu2=math.sqrt(lam))
-        else:  # per-group damping thresholds: damp layer by layer
-            ps = [double_damping(sb, yb, hb, mu1=g["mu1"], mu2=math.sqrt(g["damping"]))
-                  for sb, yb, hb, g in zip(s_parts, y_parts, blocks.split(Hy), groups)]
+            mu1, mu2 = mus.pop()
+            pair = double_damping_blocks(s, y, Hy, blocks.index, blocks.n, mu1=mu1, mu2=mu2)
+        else:  # per-layer damping thresholds: damp layer by layer
+            ps = [double_damping(sb, yb, hb, mu1=g["mu1"], mu2=m)
+                  for sb, yb, hb, g, m in zip(s_parts, y_parts, blocks.split(Hy), groups, mu2s)]
             pair = DampedPair(*(cat([p[i].reshape(-1) for p in ps]) for i in range(5)))
         cands, ok, checks = self._hg_candidates(
             prep, blocks.split(pair.s), blocks.split(pair.y), blocks, pair.s, pair.y)

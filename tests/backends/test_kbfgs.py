@@ -7,10 +7,10 @@ import torch
 from case_oracles import (
     augmented,
     gradients,
+    input_rows,
     layer_inputs,
     layers,
     refused,
-    second_moment,
     snapshot,
     table,
 )
@@ -46,12 +46,14 @@ def _paper_scale(case, n):
 @pytest.mark.parametrize("name", ["kbfgs", "kbfgsl"])
 @pytest.mark.parametrize("case", table())
 def test_case_table_first_step_matches_reference(case, name):
-    """Step 1 on every row of curvlab.testing.cases: W̃ ← W̃ − α (1−μ)(c ∇W̃ + w W̃) (Ā + √λ I)⁻¹.
+    """Step 1 on every row of curvlab.testing.cases: W̃ ← W̃ − α (1−μ)(c ∇W̃ + w W̃) (Ā + λ_A I)⁻¹.
 
     The paper's step (``line_search=False``; the line search is tested in
     test_kbfgs_line_search.py). H_g = I at the first step; ∇ from curvlab.reference.gradient, Ā the
     brute-force input second moment (homogeneous coordinate where the bias
-    is trainable), c the paper's loss normalisation.
+    is trainable; Linear: mean over all rows, Conv2d: patches summed over the R
+    positions, mean over examples), λ_A = √λ (Linear) or √(λR) (Conv2d), c the
+    paper's loss normalisation.
     """
     lr, lam, wd, mu = 0.3, 0.3, 1e-3, 0.9
     problem = case.instantiate()
@@ -71,8 +73,13 @@ def test_case_table_first_step_matches_reference(case, name):
     new_layers = layers(problem.model)
     for lname, m in layers(ref.model).items():
         bias = m.bias if m.bias is not None and m.bias.requires_grad else None
-        A = second_moment(m, inputs[lname], bias is not None)
-        H_a = torch.linalg.inv(A + math.sqrt(lam) * torch.eye(A.shape[0], dtype=F64))
+        rows = input_rows(m, inputs[lname], bias is not None)
+        if isinstance(m, nn.Conv2d):  # KFC split: A summed over positions, λ_A = √(λR)
+            R = rows.shape[0] // inputs[lname].shape[0]
+            A, lam_a = rows.T @ rows / inputs[lname].shape[0], math.sqrt(lam * R)
+        else:  # all rows alike (R = 1 here)
+            A, lam_a = rows.T @ rows / rows.shape[0], math.sqrt(lam)
+        H_a = torch.linalg.inv(A + lam_a * torch.eye(A.shape[0], dtype=F64))
         grad = augmented(grads[f"{lname}.weight"], grads[f"{lname}.bias"] if bias is not None else None)
         M = (1 - mu) * (c * grad + wd * augmented(m.weight, bias).detach())
         new = new_layers[lname]
@@ -226,7 +233,8 @@ def test_param_groups_with_their_own_damping_and_momentum():
 
 
 UNSUPPORTED = [
-    pytest.param(nn.Sequential(nn.Conv2d(1, 2, 3)), "Conv2d at model.0", id="conv2d"),
+    pytest.param(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), "groups=1.*at model.0",
+                 id="grouped-conv2d"),
     pytest.param(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)), "LayerNorm at model.1", id="norm"),
 ]
 
