@@ -76,8 +76,8 @@ def counts(args: argparse.Namespace) -> None:
             diverged += bad
             worst = max(batch) if batch else math.nan
             print(f"  {name:>13} seed {seed}: {'DIVERGED' if bad else 'ok      '} "
-                  f"stop={r.stop_reason:<8} steps={m.steps:>3} train loss {m.initial_loss:.1f} -> "
-                  f"{m.final_loss:.1f}, max batch loss {worst:.4g}, skipped "
+                  f"stop={r.stop_reason:<8} steps={m.steps:>3} train loss {m.initial_loss:.4g} -> "
+                  f"{m.final_loss:.4g}, max batch loss {worst:.4g}, skipped "
                   f"{int(r.stats.get('skipped_steps', 0))}, retracted "
                   f"{int(r.stats.get('retracted_steps', 0))}, {m.step_time:.2f} s/step, "
                   f"warnings {','.join(m.warning_kinds) or '-'}")
