@@ -171,8 +171,13 @@ _HINT = "lower lr (e.g. lr=0.1) or raise damping (e.g. damping=1.0); keep line_s
 def _meta(summary: str, *tags: str) -> OptimizerMeta:
     """What K-BFGS and K-BFGS(L) declare alike (Linear/Conv2d layers, a closure evaluated twice)."""
     return OptimizerMeta(summary=summary, paper=_PAPER, layers=("Linear", "Conv2d"),
-                         requires_closure=True, needs_loss_fn=True, conformance={"lr": 0.3}, divergence_hint=_HINT,
-                         tags=("quasi-newton", "kronecker", *tags))
+                         requires_closure=True, needs_loss_fn=True, conformance={"lr": 0.3},
+                         divergence_hint=_HINT, tags=("quasi-newton", "kronecker", *tags),
+                         closure_reason=(
+                             "it evaluates the loss a second time on the same batch after moving "
+                             "the weights (its curvature pairs are the change of the layer "
+                             "inputs and output gradients), which only a closure can do; any "
+                             "closure works, also one without keywords (PyTorch Lightning's)"))
 
 
 @dataclass(frozen=True)
