@@ -125,11 +125,13 @@ from torch import Tensor, nn
 
 from curvlab.closure import accepts, call_closure
 from curvlab.curvature.bfgs import bfgs_gram_coefficients
-from curvlab.curvature.coverage import layer_coverage
-from curvlab.curvature.descent import descend_
+from curvlab.curvature.block_plan import ParamCoverage, plan_blocks
+from curvlab.curvature.coverage import Coverage, parameter_names
+from curvlab.curvature.coverage_table import CoverageTable
+from curvlab.curvature.descent import PlannedStep, descend_, descend_all_
 from curvlab.curvature.double_damping import DampedPair, double_damping, double_damping_blocks
+from curvlab.curvature.fallback import Fallback, fallback_hparams
 from curvlab.curvature.finite import all_finite, finite_flags
-from curvlab.curvature.layers import conv_problem
 from curvlab.curvature.lbfgs import LBFGSMemory, compact_apply, compact_factors
 from curvlab.hparams import OPTIMIZER, HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
@@ -162,7 +164,11 @@ _COMMON = [
            "cut a step that fails the Armijo test at θ⁺ (second evaluation, no extra cost) to "
            "the quadratic-interpolation minimiser in [0.1, 0.5]; False: the paper's algorithm",
            scope=OPTIMIZER),
+    *fallback_hparams(),
 ]
+
+#: The block-plan families K-BFGS preconditions (curvlab.curvature.block_plan).
+_FAMILIES = ("linear", "conv2d")
 
 #: What to change when a run keeps skipping steps (OptimizerMeta.divergence_hint).
 _HINT = "lower lr (e.g. lr=0.1) or raise damping (e.g. damping=1.0); keep line_search=True"
@@ -170,7 +176,9 @@ _HINT = "lower lr (e.g. lr=0.1) or raise damping (e.g. damping=1.0); keep line_s
 
 def _meta(summary: str, *tags: str) -> OptimizerMeta:
     """What K-BFGS and K-BFGS(L) declare alike (Linear/Conv2d layers, a closure evaluated twice)."""
-    return OptimizerMeta(summary=summary, paper=_PAPER, layers=("Linear", "Conv2d"),
+    return OptimizerMeta(summary=summary, paper=_PAPER,
+                         layers=("Linear (any input rank)", "Conv2d (groups=1)",
+                                 "other parameters: fallback"),
                          requires_closure=True, needs_loss_fn=True, conformance={"lr": 0.3},
                          divergence_hint=_HINT, tags=("quasi-newton", "kronecker", *tags),
                          closure_reason=(
@@ -254,22 +262,43 @@ class _KBFGSBase(CurvatureOptimizer):
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         model = self.require_model()
-        coverage = layer_coverage(model, self.param_groups, (nn.Linear, nn.Conv2d), who=self.name,
-                                  check=conv_problem)
-        for name, mod in coverage.layers.items():
-            if not coverage.trainable(mod.weight):
-                raise ValueError(
-                    f"{self.name} preconditions a layer's weight and bias together; model.{name} "
-                    "has a trainable bias but a frozen weight (freeze both, or neither)"
-                )
-        self.coverage = coverage
-        self._layers = dict(coverage.layers)
+        params = [p for g in self.param_groups for p in g["params"]]
+        trainable = [p for p in params if p.requires_grad]
+        plan = plan_blocks(model, trainable=trainable)
+        rows = [self._row(r, plan) for r in plan.coverage(families=_FAMILIES, who=self.name)]
+        self.fallback = Fallback(self, rows)
+        covered = {r.block for r in rows if r.kind.startswith("kronecker")}
+        groups = [g for name, g in plan.groups.items() if name in covered]
+        self._cov = Coverage(layers={g.name: g.modules[0] for g in groups},
+                             groups={id(p): g for g in self.param_groups for p in g["params"]},
+                             names=parameter_names(model, params),
+                             covered=frozenset(id(p) for p in trainable))
+        self._layers = dict(self._cov.layers)
         #: the trainable bias of each layer (None: no bias, or a frozen one)
-        self._bias = {n: (m.bias if coverage.trainable(m.bias) else None)
-                      for n, m in self._layers.items()}
+        self._bias = {g.name: g.bias for g in groups}
         self._capture = PreactivationCapture(self._layers, who=self.name)
         self._normalisation = PaperNormalisation(self.loss_fn, who=self.name)
         self._blocks: dict[tuple[str, ...], Blocks] = {}
+
+    def _row(self, row: ParamCoverage, plan: Any) -> ParamCoverage:
+        """A block-plan row as K-BFGS sees it: blocks it cannot form become ``uncovered``."""
+        group = plan.groups.get(row.block) if row.block is not None else None
+        if group is None or group.family not in _FAMILIES:
+            return row
+        reason = ""
+        if len(group.modules) > 1:
+            reason = (f"{self.name} has no block for parameters shared by the modules "
+                      f"{' and '.join(group.paths)}")
+        elif group.weight is None:
+            reason = (f"{self.name} preconditions a layer's weight and bias together; the weight "
+                      f"of {group.paths[0]} is frozen")
+        if not reason:
+            return row
+        return ParamCoverage(row.name, row.shape, "uncovered", None, row.uses, reason)
+
+    def coverage(self) -> CoverageTable:
+        """Every parameter's block kind or fallback (see :mod:`curvlab.curvature.coverage_table`)."""
+        return self.fallback.table
 
     def _evaluate(self, closure: Callable[..., Tensor]) -> Evaluation[LayerStatistics]:
         with self._capture.recording(inputs=True) as rec, self._normalisation:
@@ -292,7 +321,7 @@ class _KBFGSBase(CurvatureOptimizer):
         for name in names:
             for p in (self._layers[name].weight, self._bias[name]):
                 if p is not None:
-                    g = self.coverage.group(p)
+                    g = self._cov.group(p)
                     by_key.setdefault((g["momentum"], g["weight_decay"]), []).append(p)
         new: dict[Tensor, Tensor] = {}
         for (mu, wd), ps in by_key.items():
@@ -315,13 +344,16 @@ class _KBFGSBase(CurvatureOptimizer):
     def _update(self, closure: Callable[..., Tensor] | None,
                 evaluation: Evaluation[LayerStatistics]) -> Step | Skip:
         assert closure is not None and evaluation.data is not None  # meta.requires_closure
-        self.coverage.check_gradients(self.name)
+        self._cov.check_gradients(self.name)
         first = evaluation.data.records
         names = [
             n for n, m in self._layers.items()
             if m.weight.grad is not None and "g_sum" in first.get(n, {})
         ]
+        fallback = self.fallback.plan()  # from the gradients at θ (before the second evaluation)
         if not names:
+            if not descend_all_([fallback]):
+                return Skip("non-finite update of the fallback parameters")
             return Step()
         scale = evaluation.data.scale
         if scale is None:  # a perfect fit (zero gradient at the outputs): the last measurement
@@ -334,7 +366,7 @@ class _KBFGSBase(CurvatureOptimizer):
         upd_names, upd_H, upd_V = [], [], []
         for name in names:
             mod = self._layers[name]
-            group = self.coverage.group(mod.weight)
+            group = self._cov.group(mod.weight)
             x = first[name]["x"]
             X = F.pad(x, (0, 1), value=1.0) if self._bias[name] is not None else x
             a_norm, lam_a, _ = self._conventions(mod, X.shape[0], evaluation.data.positions[name],
@@ -360,7 +392,7 @@ class _KBFGSBase(CurvatureOptimizer):
         prepared, directions = {}, []
         for name in names:
             entry, bias = entries[name], self._bias[name]
-            group = self.coverage.group(self._layers[name].weight)
+            group = self._cov.group(self._layers[name].weight)
             mW = new_mom[self._layers[name].weight].flatten(1)  # Conv2d: (C_out, C_in k_h k_w)
             Mat = mW if bias is None else torch.cat([mW, new_mom[bias][:, None]], dim=1)
             prepared[name] = self._hg_prepare(entry, group)
@@ -377,11 +409,17 @@ class _KBFGSBase(CurvatureOptimizer):
                 if p is not None and d is not None and p.grad is not None:
                     params.append(p)
                     steps.append(d)
-                    lrs.append(self.coverage.group(p)["lr"])
+                    lrs.append(self._cov.group(p)["lr"])
+        decays = [self._cov.group(p)["weight_decay"] for p in params]
+        own = len(params)
+        params += fallback.params
+        steps += fallback.steps
+        lrs += fallback.lrs
+        decays += [0.0] * len(fallback.params)  # the fallback's decay is decoupled, not in F
         line_search = self.optimizer_hparams["line_search"]
         if line_search:  # F'(0) and the weight-decay part of F(θ⁺) − F(θ), before moving
-            slope, decay_change = self._directional(params, steps, lrs, scale)
-        if not descend_(params, steps, lrs):
+            slope, decay_change = self._directional(params, steps, lrs, decays, scale)
+        if not descend_all_([PlannedStep(params[:own], steps[:own], lrs[:own]), fallback]):
             return Skip("non-finite update (overflow of lr · direction)")
         # committed: momenta and curvature of phase 1, then the pairs at θ⁺
         for p, m in new_mom.items():
@@ -402,15 +440,15 @@ class _KBFGSBase(CurvatureOptimizer):
         return Step(counts=counts, values=values)
 
     def _directional(self, params: list[Tensor], steps: list[Tensor], lrs: list[float],
-                     scale: float) -> tuple[float, float]:
+                     decays: list[float], scale: float) -> tuple[float, float]:
         r""":math:`F'(0)` and :math:`\sum_p \frac{w_p}2 (\|p + \Delta_p\|^2 - \|p\|^2)`, one sync.
 
         :math:`F'(0) = \sum_p \langle \kappa\, g_p + w_p\, p, \Delta_p\rangle` for the
-        step :math:`\Delta_p = -\alpha_p P_p` about to be applied.
+        step :math:`\Delta_p = -\alpha_p P_p` about to be applied (``decays``: the
+        :math:`w_p`, 0 for the fallback's parameters, whose decay is decoupled).
         """
         terms = []
-        for p, d, lr in zip(params, steps, lrs):
-            wd = self.coverage.group(p)["weight_decay"]
+        for p, d, lr, wd in zip(params, steps, lrs, decays):
             gd, pd, dd = (torch.vdot(t.reshape(-1), d.reshape(-1)) for t in (p.grad, p, d))
             terms.append(torch.stack([-lr * (scale * gd + wd * pd),
                                       wd * (-lr * pd + 0.5 * lr * lr * dd)]))
@@ -487,7 +525,7 @@ class _KBFGSBase(CurvatureOptimizer):
         ``g_sum``); ``positions``: :math:`R` per layer (:meth:`_conventions`).
         """
         entries = [self.curv_state[n] for n in names]
-        groups = [self.coverage.group(self._layers[n].weight) for n in names]
+        groups = [self._cov.group(self._layers[n].weight) for n in names]
         conv = [self._conventions(self._layers[n], 1, positions.get(n, 1), g)
                 for n, g in zip(names, groups)]
         blocks = self._blocks_for(names, entries[0]["s"])
