@@ -74,6 +74,19 @@ the sum over rows, :math:`\nabla_W L = \sum_{n,r} g_{n,r} a_{n,r}^\top`.
 A layer called more than once per evaluation (a shared module) is refused
 at its first step, naming it.
 
+Every other trainable parameter (``LayerNorm``/``BatchNorm`` affine
+parameters, ``Embedding``, ``nn.MultiheadAttention``'s fused projections,
+parameters of layers sharing weights, the bias of a layer whose weight is
+frozen, parameters outside the model) gets the declared ``fallback``
+(:mod:`curvlab.curvature.fallback`: ``"adam"`` by default, ``"sgd"``, or
+``"error"`` to refuse at construction naming each one), applied in the same
+all-or-nothing step; ``opt.coverage()`` lists every parameter's update and
+one ``FallbackWarning`` at construction lists the routed ones. With
+``line_search`` the Armijo test covers the whole step and a cut step cuts
+the fallback's part too (its state is kept); with ``line_search=False`` the
+fallback parameters follow the fallback optimizer exactly (tested against
+``torch.optim.Adam``/``SGD``).
+
 Loss normalisation: the hyper-parameters refer to the paper's loss, the
 mean over examples of a per-example loss summed over outputs. At every
 evaluation the factor :math:`\kappa` with :math:`L_\text{paper} = \kappa

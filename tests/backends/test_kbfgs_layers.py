@@ -278,3 +278,14 @@ def test_case_table_rows_train(case, name):
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
     assert opt.stats["skipped_steps"] == 0
+
+
+@pytest.mark.parametrize("name", ["kbfgs", "kbfgsl"])
+def test_coverage_lists_every_layer_block_and_frozen_parameter(name):
+    model = _cnn()
+    model[4].bias.requires_grad_(False)
+    opt = curvlab.create(name, model, nn.MSELoss())
+    assert opt.coverage().kinds() == {
+        "0.weight": "kronecker-expand", "0.bias": "kronecker-expand",
+        "2.weight": "kronecker-expand", "4.weight": "kronecker-expand", "4.bias": "frozen"}
+    assert [r.block for r in opt.coverage()][:3] == ["0", "0", "2"]
