@@ -67,7 +67,7 @@ def test_case_table_first_step_matches_reference(case, name):
         return
     opt = build()
     opt.step(curvlab.closure(problem.model, problem.loss_fn, problem.inputs, problem.targets))
-    c = _paper_scale(case, problem.inputs.shape[0])
+    c = _paper_scale(case, problem.targets.shape[0])  # rows of the loss input (tokens for a LM)
     grads = gradients(ref)
     inputs = layer_inputs(ref.model, ref.inputs)
     new_layers = layers(problem.model)
