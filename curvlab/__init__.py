@@ -23,6 +23,7 @@ from curvlab.closure import Closure, LossClosure, closure
 from curvlab.hparams import HParam, Schema
 from curvlab.optimizer import (
     CurvatureOptimizer,
+    DivergedWarning,
     Evaluation,
     NonFiniteStepWarning,
     OptimizerMeta,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Closure",
     "CurvatureOptimizer",
+    "DivergedWarning",
     "Evaluation",
     "HParam",
     "LossClosure",

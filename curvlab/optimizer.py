@@ -25,7 +25,12 @@ handle (sparse gradients unless ``meta.sparse_gradients``), guards against
 non-finite losses and gradients (the step is skipped, nothing changes, a
 :class:`NonFiniteStepWarning` is issued and ``stats["skipped_steps"]``
 counts it), counts the steps from what ``_update`` returns, and saves all
-curvature state in ``state_dict``.
+curvature state in ``state_dict``. A run in which
+:attr:`~CurvatureOptimizer.diverged_after` steps in a row were skipped has
+diverged (the loss, the gradients or the step at the current parameters
+are not finite, and later steps will hardly succeed): one :class:`DivergedWarning` says
+so, with what to change (``meta.divergence_hint``), and the per-step
+warnings stop until a step succeeds again.
 
 State layout: per-parameter first-order state (momentum buffers) lives in
 ``self.state[p]`` as in torch; curvature state (Kronecker factors,
@@ -68,6 +73,7 @@ from curvlab.hparams import OPTIMIZER, Schema
 
 __all__ = [
     "CurvatureOptimizer",
+    "DivergedWarning",
     "Evaluation",
     "NonFiniteStepWarning",
     "OptimizerMeta",
@@ -80,6 +86,10 @@ T = TypeVar("T")
 
 class NonFiniteStepWarning(RuntimeWarning):
     """A step was skipped because the loss, a gradient or an update was NaN/Inf."""
+
+
+class DivergedWarning(NonFiniteStepWarning):
+    """Many steps in a row were skipped: the run has diverged (issued once per such run of skips)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,8 @@ class OptimizerMeta:
             construction (naming the module) or at the step (naming the parameter).
         conformance: Hyper-parameters the conformance suite uses on its small
             convex problem (e.g. a suitable ``lr``).
+        divergence_hint: What to change when a run diverges (quoted by the
+            :class:`DivergedWarning`); empty: lower ``lr``.
         tags: Free-form labels (``"first-order"``, ``"kronecker"``, ...).
 
     Example:
@@ -125,6 +137,7 @@ class OptimizerMeta:
     needs_loss_fn: bool = False
     sparse_gradients: bool = False
     conformance: Mapping[str, Any] = field(default_factory=dict)
+    divergence_hint: str = ""
     tags: tuple[str, ...] = ()
 
     @property
@@ -278,6 +291,8 @@ class CurvatureOptimizer(torch.optim.Optimizer):
     schema: ClassVar[Schema] = Schema()
     #: Description for :func:`curvlab.info`; set by each subclass.
     meta: ClassVar[OptimizerMeta] = OptimizerMeta(summary="")
+    #: Skipped steps in a row after which the run is reported as diverged.
+    diverged_after: ClassVar[int] = 10
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -325,7 +340,8 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         if loss_fn is not None and not callable(loss_fn):
             raise ValueError(f"{who}: loss_fn must be callable (a loss module), got {loss_fn!r:.60}")
         if self.meta.needs_loss_fn and loss_fn is None:
-            raise ValueError(f"{who} needs loss_fn at construction")
+            raise ValueError(f"{who} needs loss_fn at construction: the loss module (e.g. "
+                             "torch.nn.CrossEntropyLoss()) the closure computes its loss with")
         self.loss_fn = loss_fn
         #: Per-optimizer hyper-parameters, fixed at construction (read-only).
         self.optimizer_hparams: Mapping[str, Any] = MappingProxyType(
@@ -333,6 +349,7 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         )
         self.curv_state: dict[str, Any] = {}
         self.stats: dict[str, float] = {"steps": 0, "skipped_steps": 0}
+        self._skipped_in_a_row = 0  # drives the one DivergedWarning (not state: warnings only)
         super().__init__(params, defaults)
         if not self.meta.sparse_gradients:
             self._refuse_sparse_modules()
@@ -492,16 +509,37 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         return loss
 
     def _record(self, result: Step | Skip | None) -> None:
-        """Count the step's outcome in :attr:`stats` (and warn for a skipped step)."""
+        """Count the step's outcome in :attr:`stats` (and warn for a skipped step).
+
+        The first :attr:`diverged_after` skips in a row each issue a
+        :class:`NonFiniteStepWarning`; the next one issues a single
+        :class:`DivergedWarning` naming the cause and ``meta.divergence_hint``,
+        and the skips after it are only counted, until a step succeeds.
+        """
         stats = self.stats
         if isinstance(result, Skip):
             stats["skipped_steps"] += 1
-            warnings.warn(
-                f"{self.name}: step skipped ({result.reason}); parameters and state unchanged",
-                NonFiniteStepWarning,
-                stacklevel=3,
-            )
+            self._skipped_in_a_row += 1
+            streak = self._skipped_in_a_row
+            if streak <= self.diverged_after:
+                warnings.warn(
+                    f"{self.name}: step skipped ({result.reason}); parameters and state unchanged",
+                    NonFiniteStepWarning,
+                    stacklevel=3,
+                )
+            if streak == self.diverged_after:
+                hint = self.meta.divergence_hint or "lower lr"
+                warnings.warn(
+                    f"{self.name}: the run has diverged: the last {streak} steps were all "
+                    f"skipped (last cause: {result.reason}): the loss, the gradients or the step at "
+                    "the current parameters are not finite, and later steps will hardly succeed; further "
+                    "skips are counted in stats['skipped_steps'] without a warning. Restart from "
+                    f"a checkpoint taken before the divergence and {hint}",
+                    DivergedWarning,
+                    stacklevel=3,
+                )
             return
+        self._skipped_in_a_row = 0
         if result is not None and not isinstance(result, Step):
             raise TypeError(
                 f"{type(self).__name__}._update must return Step, Skip or None, got {result!r:.80}"

@@ -152,7 +152,8 @@ def test_every_backend_declares_the_scopes_of_issue_20():
                           "direction", "momentum", "dampening", "beta2", "partition",
                           "full_third_order", "safeguard", "recompute_growth", "ema_before_clip",
                           "plateau_factor", "plateau_patience", "plateau_window"},
-        "kbfgs": set(), "kbfgsl": set(), "sgd": set(), "adam": set(),
+        "kbfgs": {"line_search", "fallback"}, "kbfgsl": {"line_search", "fallback"},
+        "sgd": set(), "adam": set(),
     }
     if "soap" in curvlab.available():
         expected.update({

@@ -28,6 +28,16 @@ backward through the loss alone: :math:`O(N C)`) and
     \qquad r = \frac{\big\|g_c - c\, g_m\big\|}{\|g_c\|},
 
 summed over the calls :math:`i` of ``loss_fn`` in one closure call (micro-batches).
+Calls whose outputs received no gradient while others did (a ``loss_fn``
+value computed for logging, on detached outputs or under ``no_grad``) are
+left out: they do not take part in the gradient. ``reference="sum"``
+measures :math:`c` against the *summed* loss instead (``loss_fn`` evaluated
+with ``reduction="sum"`` on the recorded outputs, also for a module built
+with ``"mean"`` or ``"none"``), so that :math:`L_\text{closure} = c \sum_i
+\texttt{loss\_fn}^{\text{sum}}_i` whatever reduction the module has; a
+backend whose hyper-parameters refer to a per-example normalisation then
+needs only :math:`c` and the number of examples (K-BFGS:
+:math:`L_\text{paper} = L_\text{closure} / (c N)`).
 A residual :math:`r` above the tolerance means the closure's loss is not a
 multiple of ``loss_fn`` at the outputs (e.g. an output penalty, other
 targets, a per-example weighting): :class:`LossScaleError` says so — never a
@@ -49,6 +59,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -70,9 +81,10 @@ class LossScale:
 
     Attributes:
         scale: :math:`c` (``nan`` when nothing can be measured: every
-            gradient and value is zero).
+            gradient and value is zero, or a gradient is NaN/Inf).
         calls: How many times ``loss_fn`` ran inside the closure.
-        examples: Rows (first dimension) of the outputs fed to ``loss_fn``, summed over calls.
+        examples: Rows (first dimension) of the outputs fed to ``loss_fn``, summed over the
+            calls that were measured (an output tensor fed to several calls counts once).
         residual: :math:`r` (0 when measured from values).
         from_values: Measured from loss values (no backward pass ran).
     """
@@ -87,10 +99,18 @@ class LossScale:
 @dataclass
 class _Call:
     outputs: Tensor
-    target: Any
+    args: tuple[Any, ...]
     kwargs: dict[str, Any]
     value: float
     grad: Tensor | None = None
+
+    def key(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        """Identity of the outputs tensor (storage address, shape, strides)."""
+        f = self.outputs
+        return (f.data_ptr(), tuple(f.shape), tuple(f.stride()))
+
+
+REFERENCES = (None, "sum")
 
 
 class LossScaleProbe:
@@ -103,10 +123,16 @@ class LossScaleProbe:
         rtol: Largest accepted residual :math:`r`; default
             :math:`\max(10^{-6}, 10\sqrt{\varepsilon})` of the outputs' dtype
             (:math:`3.5\cdot 10^{-3}` in float32).
+        reference: ``None``: measure :math:`c` against ``loss_fn`` as given;
+            ``"sum"``: against ``loss_fn`` with ``reduction="sum"`` (module
+            docstring).
 
     Raises:
         TypeError: ``loss_fn`` is not an :class:`torch.nn.Module` (a plain
             function cannot be observed).
+        ValueError: ``reference`` is not ``None`` or ``"sum"``, or it is
+            ``"sum"`` and ``loss_fn`` has no string ``reduction`` attribute
+            (torch's loss modules all have one).
 
     Example:
         >>> import torch
@@ -119,18 +145,46 @@ class LossScaleProbe:
         ...     loss.backward()
         >>> round(probe.measure(loss).scale, 6)
         3.0
+
+        Against the summed loss: a mean-reduced ``BCEWithLogitsLoss`` over
+        ``4 × 5`` entries is :math:`\frac1{20}` of its sum.
+
+        >>> bce = torch.nn.BCEWithLogitsLoss()
+        >>> probe = LossScaleProbe(bce, reference="sum")
+        >>> logits = torch.randn(4, 5, requires_grad=True)
+        >>> with probe:
+        ...     loss = bce(logits, torch.rand(4, 5))
+        ...     loss.backward()
+        >>> m = probe.measure(loss)
+        >>> round(m.scale * 20, 6), m.examples
+        (1.0, 4)
     """
 
     def __init__(self, loss_fn: nn.Module, *, who: str = "this optimizer",
-                 rtol: float | None = None) -> None:
+                 rtol: float | None = None, reference: str | None = None) -> None:
         if not isinstance(loss_fn, nn.Module):
             raise TypeError(
                 f"{who} needs loss_fn as a torch.nn.Module (to observe what the closure "
                 f"computes), got {type(loss_fn).__name__}"
             )
+        if reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {reference!r}")
+        if reference is not None and not isinstance(getattr(loss_fn, "reduction", None), str):
+            raise ValueError(
+                f"{who} relates the closure's loss to {type(loss_fn).__name__} summed over its "
+                "entries (reduction='sum'), but the module has no 'reduction' attribute; use a "
+                "torch.nn loss module, or give yours a reduction attribute ('mean', 'sum', "
+                "'none') that its forward honours"
+            )
         self.loss_fn = loss_fn
         self.who = who
         self.rtol = rtol
+        self.reference = reference
+        self._reference_fn = loss_fn
+        if reference is not None:
+            twin = copy.copy(loss_fn)  # shares parameters and buffers; only the reduction differs
+            twin.reduction = reference
+            self._reference_fn = twin
         self._calls: list[_Call] = []
         self._pending: _Call | None = None
         self._handles: list[RemovableHandle] = []
@@ -167,15 +221,15 @@ class LossScaleProbe:
     def _record(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Forward pre-hook on ``loss_fn``: keep outputs, targets and a hook for their gradient.
 
-        Calls with autograd off (an evaluation under ``torch.no_grad()``) are not recorded.
+        Every argument after the outputs (positional and keyword) is kept and
+        replayed when the module's own gradient is recomputed. Calls with
+        autograd off (an evaluation under ``torch.no_grad()``) are not recorded.
         """
         self._pending = None
         if not torch.is_grad_enabled():
             return
-        outputs, rest = args[0], args[1:]
-        target = rest[0] if rest else kwargs.get("target")
-        extra = {k: v for k, v in kwargs.items() if k != "target"}
-        call = _Call(outputs.detach(), target, extra, math.nan)
+        outputs = args[0]
+        call = _Call(outputs.detach(), tuple(args[1:]), dict(kwargs), math.nan)
         if outputs.requires_grad:
             outputs.register_hook(lambda g, c=call: setattr(c, "grad", g.detach()))
         self._calls.append(call)
@@ -189,12 +243,19 @@ class LossScaleProbe:
 
     # ---------------------------------------------------------------- measure
     def _module_grad(self, call: _Call) -> tuple[Tensor, float]:
-        """:math:`g_m` and the module's value on the recorded outputs (hooks bypassed)."""
+        """:math:`g_m` and the (reference) module's value on the recorded outputs (hooks bypassed)."""
         f = call.outputs.detach().requires_grad_(True)
         with torch.enable_grad():
-            value = self.loss_fn.forward(f, call.target, **call.kwargs)
+            value = self._reference_fn.forward(f, *call.args, **call.kwargs)
             (grad,) = torch.autograd.grad(value, f)
         return grad, float(value.detach().double())
+
+    def _reference_value(self, call: _Call) -> float:
+        if self.reference is None:
+            return call.value
+        with torch.no_grad():
+            value = self._reference_fn.forward(call.outputs, *call.args, **call.kwargs)
+        return float(value.detach().double().sum())
 
     def measure(self, loss: Tensor | float | None) -> LossScale:
         """:math:`c` for the closure call that just ran inside ``with probe:`` (forgets it).
@@ -218,9 +279,11 @@ class LossScaleProbe:
                 "closure must compute its loss with that very module object "
                 "(e.g. curvlab.closure(model, loss_fn, inputs, targets))"
             )
-        examples = sum(int(c.outputs.shape[0]) if c.outputs.dim() else 1 for c in calls)
-        if any(c.grad is None for c in calls):
-            return self._from_values(calls, loss, examples)
+        with_grad = [c for c in calls if c.grad is not None]
+        if not with_grad:
+            return self._from_values(calls, loss, _examples(calls))
+        calls = with_grad  # the others took no part in the gradient
+        examples = _examples(calls)
         num = den = gc2 = 0.0
         grads = []
         for c in calls:
@@ -231,6 +294,8 @@ class LossScaleProbe:
             num += float(gc @ gm)
             den += float(gm @ gm)
             gc2 += float(gc @ gc)
+        if not all(math.isfinite(v) for v in (num, den, gc2)):
+            return LossScale(math.nan, len(calls), examples)  # NaN/Inf gradients: nothing to measure
         if den == 0.0:
             if gc2 == 0.0:  # a perfect fit: no gradient at the outputs, nothing to measure
                 return LossScale(math.nan, len(calls), examples)
@@ -250,7 +315,7 @@ class LossScaleProbe:
                 "ran and the closure returned nothing"
             )
         value = float(loss.detach().double()) if isinstance(loss, Tensor) else float(loss)
-        module = sum(c.value for c in calls)
+        module = sum(self._reference_value(c) for c in calls)
         if module == 0.0:
             return LossScale(math.nan if value == 0.0 else math.inf, len(calls), examples,
                              from_values=True)
@@ -263,10 +328,18 @@ class LossScaleProbe:
         return max(1e-6, 10.0 * math.sqrt(eps))
 
     def _mismatch(self, calls: int, residual: float) -> LossScaleError:
+        summed = (" summed over all its entries (reduction='sum': calls on micro-batches must "
+                  "weigh every example alike)" if self.reference == "sum" else "")
         return LossScaleError(
             f"{self.who}: the closure's loss is not a multiple of the loss_fn given at "
-            f"construction ({type(self.loss_fn).__name__}) at the network outputs (relative "
-            f"residual {residual:.3g} over {calls} call(s)); its output-side curvature would "
-            "be wrong. Return c * loss_fn(outputs, targets) (plus parameter penalties if you "
-            "like), or pass the loss module your closure actually uses"
+            f"construction ({type(self.loss_fn).__name__}){summed} at the network outputs "
+            f"(relative residual {residual:.3g} over {calls} call(s)); its output-side "
+            "curvature would be wrong. Return c * loss_fn(outputs, targets) (plus parameter "
+            "penalties if you like), or pass the loss module your closure actually uses"
         )
+
+
+def _examples(calls: list[_Call]) -> int:
+    """Rows of the distinct output tensors of the calls."""
+    seen = {c.key(): c.outputs for c in calls}
+    return sum(int(f.shape[0]) if f.dim() else 1 for f in seen.values())

@@ -350,9 +350,6 @@ def _all(kind: str, *names: str) -> dict[str, str]:
     return {n: kind for n in names}
 
 
-_CONV = "Conv2d at model.0"
-_KBFGS_ND = ("K-BFGS's statistics of Linear layers on N-D inputs are not defined yet "
-             "(issue 14, K-BFGS part): no oracle for them")
 
 #: The model rows (see the module docstring).
 MODELS: tuple[ModelCase, ...] = (
@@ -369,7 +366,6 @@ MODELS: tuple[ModelCase, ...] = (
               coverage=_all(_K, *_layers("0", "2", "4")),
               note="the digits problem's ReLU MLP 64-128-64-10"),
     ModelCase("digits-cnn", DigitsCNN().build_model, (1, 8, 8), 10,
-              refused={"kbfgs": _CONV, "kbfgsl": _CONV},
               coverage=_all(_K, *_layers("0", "3", "7")),
               note="the digits problem's CNN (two Conv2d with max-pooling, Linear head)"),
     ModelCase("no-bias", _tiny(bias=False), (5,), 3, coverage=_all(_K, "0.weight", "2.weight"),
@@ -381,19 +377,16 @@ MODELS: tuple[ModelCase, ...] = (
               coverage={"0.weight": _K, "0.bias": _F, "2.weight": _K, "2.bias": _K},
               note="the first layer's bias has requires_grad=False"),
     ModelCase("tiny-gpt", TinyGPT, (4,), 11, vocab=11,
-              refused={"kbfgs": "Embedding at model.tok", "kbfgsl": "Embedding at model.tok",
-                       "natgrad": _PER_TOKEN},
+              refused={"natgrad": _PER_TOKEN},
               coverage=_gpt_coverage(tied=False),
               note="a one-block GPT: token/position Embedding, LayerNorm, causal attention from "
                    "nn.Linear, GELU MLP, per-token logits"),
     ModelCase("tiny-gpt-tied", lambda: TinyGPT(tied=True), (4,), 11, vocab=11,
-              refused={"kbfgs": "Embedding at model.tok", "kbfgsl": "Embedding at model.tok",
-                       "natgrad": _PER_TOKEN},
+              refused={"natgrad": _PER_TOKEN},
               coverage=_gpt_coverage(tied=True),
               note="the same with nanoGPT's tied token embedding and lm_head (two roles: fallback)"),
     ModelCase("resnet-bn", ResNetBlockBN, (1, 6, 6), 3,
-              refused={"kbfgs": "Conv2d at model.stem", "kbfgsl": "Conv2d at model.stem",
-                       "natgrad": "cannot handle BatchNorm2d at model.bn0"},
+              refused={"natgrad": "cannot handle BatchNorm2d at model.bn0"},
               coverage={"stem.weight": _K, "conv1.weight": _K, "conv2.weight": _K,
                         **_all(_U, *_layers("bn0", "bn1", "bn2")), **_all(_K, *_layers("head"))},
               note="bias-free convolutions with BatchNorm, a residual block, in-place ReLU"),
@@ -402,14 +395,11 @@ MODELS: tuple[ModelCase, ...] = (
               coverage=_all(_K, *_layers("shared", "head")),
               note="one Linear called twice per forward pass (factors summed over both uses)"),
     ModelCase("mha", AttentionPool, (4, 3), 3,
-              refused={"kbfgs": "MultiheadAttention at model.mha",
-                       "kbfgsl": "MultiheadAttention at model.mha"},
               coverage={**_all(_K, *_layers("embed", "head")),
                         **_all(_A, "mha.in_proj_weight", "mha.in_proj_bias", "mha.out_proj.weight",
                                "mha.out_proj.bias")},
               note="nn.MultiheadAttention (fused projections called functionally: fallback)"),
     ModelCase("linear-3d", _linear_3d, (2, 5), 6, coverage=_all(_K, *_layers("0", "2")),
-              pending={"kbfgs": _KBFGS_ND, "kbfgsl": _KBFGS_ND},
               note="Linear layers on (batch, seq, features) in an nn.Sequential"),
 )
 

@@ -1,21 +1,32 @@
-r"""Hooks that record what K-BFGS needs from each ``Linear`` layer in one evaluation.
+r"""Hooks that record what K-BFGS needs from each ``Linear``/``Conv2d`` layer in one evaluation.
 
 For a layer :math:`h = W a` (bias folded in through the homogeneous input
-:math:`a = (x, 1)`) and a batch of :math:`N` rows (leading dimensions are
-flattened, so a sequence model's positions count as rows), one
-:class:`Recording` holds, per layer:
+:math:`a = (x, 1)`), an evaluation on :math:`N` examples sees :math:`R`
+*positions* per example, i.e. :math:`NR` rows :math:`(a_{n,r}, h_{n,r})`:
 
-* ``x``: the layer inputs as an ``(N, in)`` matrix (only when inputs are
-  recorded; the optimizer forms :math:`\frac1N \sum_n a_n a_n^\top` from it,
-  fused with its moving average),
-* ``h_mean``: :math:`\bar h = \frac1N \sum_n h_n`,
-* ``g_sum``: :math:`\sum_n \partial L / \partial h_n` for the closure's loss
+* ``Linear`` on ``(N, in)``: :math:`R = 1`; on ``(N, *, in)`` (a sequence
+  ``(N, T, in)``, an image ``(N, H, W, in)``): the middle dimensions are
+  positions, :math:`R = \prod` of them (weight sharing);
+* ``Conv2d``: the rows are the unfolded input patches
+  (:func:`curvlab.curvature.statistics.layer_inputs`, ``in = C_in k_h k_w``)
+  and the output vectors at the :math:`R = H_\text{out} W_\text{out}`
+  spatial positions (channel-last,
+  :func:`curvlab.curvature.kronecker_factors.output_rows`).
+
+One :class:`Recording` holds, per layer:
+
+* ``x``: the layer inputs as an ``(NR, in)`` matrix (only when inputs are
+  recorded; the optimizer forms its :math:`A` from it, fused with its moving
+  average),
+* ``h_mean``: :math:`\bar h = \frac1{NR} \sum_{n,r} h_{n,r}`,
+* ``g_sum``: :math:`\sum_{n,r} \partial L / \partial h_{n,r}` for the closure's loss
   :math:`L`, filled in by a tensor hook on the layer output during the
-  backward pass (the optimizer converts it to the paper's normalisation,
-  :mod:`curvlab_plugins.kbfgs.normalisation`),
+  backward pass (the optimizer converts it to the paper's normalisation
+  with the factor it measures, :mod:`curvlab_plugins.kbfgs.normalisation`),
 
-and the model's output (:attr:`Recording.model_output`), from which the
-optimizer derives that normalisation.
+and ``positions[layer]`` :math:`= R` (a Python int). How the optimizer turns
+these into :math:`A` and the pair :math:`(s, y)` for each layer type is in
+:mod:`curvlab_plugins.kbfgs.optimizer`.
 
 The hooks exist only inside :meth:`PreactivationCapture.recording`: they
 are registered on entry and removed on exit, so no hook stays on the
@@ -40,6 +51,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from curvlab.curvature.kronecker_factors import output_rows
+from curvlab.curvature.statistics import layer_inputs
+
 __all__ = ["PreactivationCapture", "Recording"]
 
 
@@ -49,23 +63,22 @@ class Recording:
 
     Attributes:
         records: ``{layer: {"h_mean", "g_sum", ["x"]}}``.
+        positions: ``{layer: R}``, the positions per example of the call.
         outputs: ``{layer: h}`` (with their graph) while the block runs, so
             that ``torch.autograd.grad(loss, outputs)`` fills in ``g_sum``
             without computing weight gradients; emptied on exit.
-        model_output: The model's (detached) output of the evaluation, or ``None``.
     """
 
     records: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    positions: dict[str, int] = field(default_factory=dict)
     outputs: dict[str, Tensor] = field(default_factory=dict)
-    model_output: Tensor | None = None
 
 
 class PreactivationCapture:
-    """Forward hooks (and output tensor hooks) on named ``Linear`` layers, during a block.
+    """Forward hooks (and output tensor hooks) on named ``Linear``/``Conv2d`` layers, during a block.
 
     Args:
         layers: ``{name: module}`` (from :func:`curvlab.curvature.coverage.layer_coverage`).
-        model: The network whose output :attr:`Recording.model_output` records (optional).
         who: Optimizer name for error messages.
 
     Example:
@@ -76,16 +89,17 @@ class PreactivationCapture:
         >>> r = rec.records["0"]
         >>> r["x"].shape, r["h_mean"].shape, r["g_sum"].shape
         (torch.Size([4, 2]), torch.Size([3]), torch.Size([3]))
+        >>> conv = nn.Conv2d(2, 3, kernel_size=2)
+        >>> with PreactivationCapture({"c": conv}).recording(inputs=True) as rec:
+        ...     conv(torch.ones(4, 2, 3, 3)).sum().backward()
+        >>> rec.records["c"]["x"].shape, rec.positions["c"], rec.records["c"]["g_sum"].tolist()
+        (torch.Size([16, 8]), 4, [16.0, 16.0, 16.0])
         >>> len(lin._forward_hooks)   # nothing stays on the layer
         0
     """
 
-    def __init__(
-        self, layers: Mapping[str, nn.Module], *, model: nn.Module | None = None,
-        who: str = "kbfgs",
-    ) -> None:
+    def __init__(self, layers: Mapping[str, nn.Module], *, who: str = "kbfgs") -> None:
         self.layers = dict(layers)
-        self.model = model
         self.who = who
 
     def _layer_hook(self, name: str, rec: Recording, inputs: bool) -> Any:
@@ -97,28 +111,26 @@ class PreactivationCapture:
                 )
             entry: dict[str, Tensor] = {}
             rec.records[name] = entry
+            family = "conv2d" if isinstance(module, nn.Conv2d) else "linear"
+            flat = family == "linear" and h.dim() == 1  # an unbatched call: one row
             with torch.no_grad():
-                entry["h_mean"] = h.detach().reshape(-1, h.shape[-1]).mean(0)
+                rows = output_rows(family, h.detach()[None] if flat else h.detach())
+                rec.positions[name] = rows.shape[1]
+                entry["h_mean"] = rows.reshape(-1, rows.shape[-1]).mean(0)
                 if inputs:
-                    x = args[0]
-                    entry["x"] = x.detach().reshape(-1, x.shape[-1])
+                    x = layer_inputs(module, args[0].detach()[None] if flat else args[0].detach())
+                    entry["x"] = x.reshape(-1, x.shape[-1])
             if not h.requires_grad:
                 return None
             rec.outputs[name] = h
 
             def grad_hook(g: Tensor) -> None:
-                entry["g_sum"] = g.detach().reshape(-1, g.shape[-1]).sum(0)
+                g_rows = output_rows(family, g.detach()[None] if flat else g.detach())
+                entry["g_sum"] = g_rows.reshape(-1, g_rows.shape[-1]).sum(0)
 
             h.register_hook(grad_hook)
             # the next module gets a copy: an in-place op on it leaves h and its gradient intact
             return h.clone()
-
-        return hook
-
-    def _model_hook(self, rec: Recording) -> Any:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            if isinstance(output, Tensor):
-                rec.model_output = output.detach()
 
         return hook
 
@@ -135,8 +147,6 @@ class PreactivationCapture:
         rec = Recording()
         handles = [m.register_forward_hook(self._layer_hook(n, rec, inputs))
                    for n, m in self.layers.items()]
-        if self.model is not None:
-            handles.append(self.model.register_forward_hook(self._model_hook(rec)))
         try:
             yield rec
         finally:

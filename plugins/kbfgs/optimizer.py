@@ -1,6 +1,7 @@
 r"""K-BFGS and K-BFGS(L) (Goldfarb, Ren & Bahamou, NeurIPS 2020, arXiv 2006.08877).
 
-Block-diagonal over ``Linear`` layers. For a layer with homogeneous input
+Block-diagonal over ``Linear`` and ``Conv2d`` layers (see "Layer types"
+below). For a layer with homogeneous input
 :math:`a = (x, 1)` and pre-activation :math:`h = W a` (bias folded into the
 last column of :math:`W`), the Hessian block is approximated by the
 Kronecker product :math:`A \otimes G`, whose inverse is kept as
@@ -30,20 +31,83 @@ Kronecker product :math:`A \otimes G`, whose inverse is kept as
    :math:`\mu_2 = \sqrt\lambda`) against the current :math:`H_g`, then a BFGS
    update of :math:`H_g` (K-BFGS) or a push into the L-BFGS memory
    (K-BFGS(L), :math:`H_0 = I`). Unsafe pairs are skipped and counted.
+5. With ``line_search`` (default): the objective :math:`F` (the paper-normalised
+   loss plus :math:`\frac w2\|\theta\|^2`) at :math:`\theta^+`, known from
+   the second evaluation, is checked against the Armijo condition; if it
+   fails, :math:`\theta \leftarrow \theta + t\,\Delta` with :math:`t \in
+   [0.1, 0.5]` from a quadratic interpolation
+   (:mod:`curvlab_plugins.kbfgs.line_search`; no extra evaluation). The pair
+   of step 4 is kept (it is a valid secant pair between :math:`\theta` and
+   :math:`\theta^+`). ``line_search=False`` is the paper's algorithm.
+
+Layer types and positions. A layer sees :math:`N` examples with :math:`R`
+positions each, :math:`NR` rows :math:`(a_{n,r}, h_{n,r})`
+(:mod:`curvlab_plugins.kbfgs.capture`); the gradient of a shared weight is
+the sum over rows, :math:`\nabla_W L = \sum_{n,r} g_{n,r} a_{n,r}^\top`.
+
+* ``Linear`` on ``(N, in)`` (:math:`R = 1`, the paper) or on ``(N, *, in)``
+  (sequences, channel-last images: the middle dimensions are positions): the
+  *expand* convention of Eschenhagen et al. (NeurIPS 2023), every position an
+  extra sample: :math:`A = \frac1{NR}\sum_{n,r} a a^\top` (the mean over all
+  rows), :math:`s = \frac1{NR}\sum_{n,r}\Delta h`, :math:`y = \kappa \sum_{n,r}
+  \Delta(\partial L/\partial h)` (the per-example gradient summed over positions, averaged over
+  examples: :math:`G` is then the per-example Hessian summed over positions,
+  so :math:`A \otimes G` has the scale of the weight-shared Hessian),
+  :math:`\lambda_A = \mu_2 = \sqrt\lambda`. With :math:`R = 1` this is the paper's algorithm.
+* ``Conv2d`` (``groups=1``, numeric zero padding; others are refused): the
+  extension of K-BFGS to convolutions (Ren, Bahamou & Goldfarb,
+  arXiv 2102.06737, KF-QN-CNN) with the KFC split of Grosse & Martens
+  (2016): :math:`a_{n,r}` the unfolded input patches (``C_in k_h k_w`` (+1)
+  entries), :math:`A = \frac1N \sum_{n,r} a a^\top` (summed over the
+  :math:`R = H_\text{out} W_\text{out}` positions, averaged over examples),
+  :math:`s = \frac1{NR}\sum_{n,r}\Delta h`, :math:`y = \frac{\kappa}{R}
+  \sum_{n,r} \Delta(\partial L/\partial h)` (averaged over positions), and the
+  damping split by :math:`R`, :math:`\lambda_A = \sqrt{\lambda R}`, :math:`\mu_2 =
+  \sqrt{\lambda/R}`, as in ASDL's public ``KronBfgsGradientMaker`` (which
+  also averages :math:`\Delta h`, :math:`\Delta g` over positions).
+  :math:`A \otimes G` is the same product as the expand convention's (the
+  factors :math:`R` and :math:`1/R` cancel); only the damping is shared
+  differently. With :math:`R = 1` (a 1×1 kernel on 1×1 images) it is exactly
+  the ``Linear`` algorithm (tested). The paper's own text could not be
+  consulted offline; this follows KFC and ASDL.
+
+A layer called more than once per evaluation (a shared module) is refused
+at its first step, naming it.
+
+Every other trainable parameter (``LayerNorm``/``BatchNorm`` affine
+parameters, ``Embedding``, ``nn.MultiheadAttention``'s fused projections,
+parameters of layers sharing weights, the bias of a layer whose weight is
+frozen, parameters outside the model) gets the declared ``fallback``
+(:mod:`curvlab.curvature.fallback`: ``"adam"`` by default, ``"sgd"``, or
+``"error"`` to refuse at construction naming each one), applied in the same
+all-or-nothing step; ``opt.coverage()`` lists every parameter's update and
+one ``FallbackWarning`` at construction lists the routed ones. With
+``line_search`` the Armijo test covers the whole step and a cut step cuts
+the fallback's part too (its state is kept); with ``line_search=False`` the
+fallback parameters follow the fallback optimizer exactly (tested against
+``torch.optim.Adam``/``SGD``).
 
 Loss normalisation: the hyper-parameters refer to the paper's loss, the
-mean over examples of a per-example loss summed over outputs; gradients and
-:math:`\bar g` (the mean per-example gradient of the summed loss) are
-converted to it from the ``loss_fn``'s reduction and the model's output
-shape (:mod:`curvlab_plugins.kbfgs.normalisation`; e.g. ×64 for a
-``BCEWithLogitsLoss()`` with the default mean reduction on 64 pixels), so
-the paper's defaults mean the same whatever the reduction. Counters in
-``optimizer.stats``: ``pairs`` (pairs formed), ``powell_damped``,
-``lm_damped``, ``skipped_pairs`` (pairs not used: zero, non-finite, or not
-safely positive after damping; then :math:`H_g` is left unchanged).
+mean over examples of a per-example loss summed over outputs. At every
+evaluation the factor :math:`\kappa` with :math:`L_\text{paper} = \kappa
+L_\text{closure}` is *measured* from the gradients at the network outputs
+that the closure fed into ``loss_fn`` (:mod:`curvlab_plugins.kbfgs.normalisation`);
+gradients and :math:`\bar g` (the mean per-example gradient of the summed
+loss) are multiplied by it, so the paper's defaults mean the same whatever
+the closure returns (mean, sum, sum over the batch size, a multiple, plus
+parameter penalties). ``loss_fn`` is required; a closure that is not a
+positive multiple of it at the outputs is refused at its first step.
+Counters in ``optimizer.stats``: ``pairs`` (pairs formed),
+``powell_damped``, ``lm_damped``, ``skipped_pairs`` (pairs not used: zero,
+non-finite, or not safely positive after damping; then :math:`H_g` is left
+unchanged), ``retracted_steps`` (steps cut by the line search); values:
+``loss_scale`` (the last :math:`\kappa`), ``step_fraction`` (the last
+:math:`t`, 1 for a kept step).
 
-Scopes: every hyper-parameter is per param group (a layer uses the group
-of its weight). Shapes per ``Linear(d_in, d_out)`` layer: :math:`A, H_a`
+Scopes: every hyper-parameter but ``line_search`` (optimizer-wide: the
+test is on the whole step) is per param group (a layer uses the group of
+its weight). Shapes per ``Linear(d_in, d_out)`` layer (``Conv2d``:
+:math:`d_\text{in} = C_\text{in} k_h k_w`, :math:`d_\text{out} = C_\text{out}`): :math:`A, H_a`
 ``(d_in + 1, d_in + 1)`` with a trainable bias (``(d_in, d_in)`` without
 one, or with a frozen one: a frozen bias is a constant, not part of the
 block), :math:`H_g` ``(d_out, d_out)``, :math:`s, y` ``(d_out,)``. Frozen
@@ -65,7 +129,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -74,16 +138,20 @@ from torch import Tensor, nn
 
 from curvlab.closure import accepts, call_closure
 from curvlab.curvature.bfgs import bfgs_gram_coefficients
-from curvlab.curvature.coverage import layer_coverage
-from curvlab.curvature.descent import descend_
+from curvlab.curvature.block_plan import ParamCoverage, plan_blocks
+from curvlab.curvature.coverage import Coverage, parameter_names
+from curvlab.curvature.coverage_table import CoverageTable
+from curvlab.curvature.descent import PlannedStep, descend_, descend_all_
 from curvlab.curvature.double_damping import DampedPair, double_damping, double_damping_blocks
+from curvlab.curvature.fallback import Fallback, fallback_hparams
 from curvlab.curvature.finite import all_finite, finite_flags
 from curvlab.curvature.lbfgs import LBFGSMemory, compact_apply, compact_factors
-from curvlab.hparams import HParam, LogUniform, Schema
+from curvlab.hparams import OPTIMIZER, HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 from curvlab_plugins.kbfgs.blocks import Blocks
-from curvlab_plugins.kbfgs.capture import PreactivationCapture, Recording
-from curvlab_plugins.kbfgs.normalisation import paper_loss_scale
+from curvlab_plugins.kbfgs.capture import PreactivationCapture
+from curvlab_plugins.kbfgs.line_search import step_fraction
+from curvlab_plugins.kbfgs.normalisation import PaperNormalisation
 
 __all__ = ["KBFGS", "KBFGSL", "LayerStatistics"]
 
@@ -105,13 +173,27 @@ _COMMON = [
     HParam("mu1", float, 0.2, "Powell damping threshold μ₁", low=0.0, high=1.0, low_open=True,
            high_open=True),
     HParam("weight_decay", float, 1e-5, "L2 coefficient w added to the gradient", low=0.0),
+    HParam("line_search", bool, True,
+           "cut a step that fails the Armijo test at θ⁺ (second evaluation, no extra cost) to "
+           "the quadratic-interpolation minimiser in [0.1, 0.5]; False: the paper's algorithm",
+           scope=OPTIMIZER),
+    *fallback_hparams(),
 ]
+
+#: The block-plan families K-BFGS preconditions (curvlab.curvature.block_plan).
+_FAMILIES = ("linear", "conv2d")
+
+#: What to change when a run keeps skipping steps (OptimizerMeta.divergence_hint).
+_HINT = "lower lr (e.g. lr=0.1) or raise damping (e.g. damping=1.0); keep line_search=True"
 
 
 def _meta(summary: str, *tags: str) -> OptimizerMeta:
-    """What K-BFGS and K-BFGS(L) declare alike (Linear layers, a closure evaluated twice)."""
-    return OptimizerMeta(summary=summary, paper=_PAPER, layers=("Linear",), requires_closure=True,
-                         conformance={"lr": 0.3}, tags=("quasi-newton", "kronecker", *tags),
+    """What K-BFGS and K-BFGS(L) declare alike (Linear/Conv2d layers, a closure evaluated twice)."""
+    return OptimizerMeta(summary=summary, paper=_PAPER,
+                         layers=("Linear (any input rank)", "Conv2d (groups=1)",
+                                 "other parameters: fallback"),
+                         requires_closure=True, needs_loss_fn=True, conformance={"lr": 0.3},
+                         divergence_hint=_HINT, tags=("quasi-newton", "kronecker", *tags),
                          closure_reason=(
                              "it evaluates the loss a second time on the same batch after moving "
                              "the weights (its curvature pairs are the change of the layer "
@@ -124,15 +206,31 @@ class LayerStatistics:
     r"""One evaluation's per-layer statistics, in the paper's loss normalisation.
 
     Attributes:
-        records: ``{layer: {"h_mean", "g_mean", ["x"]}}`` with
-            :math:`\bar g = c \sum_n \partial L/\partial h_n`
-            (:mod:`~curvlab_plugins.kbfgs.capture`).
-        scale: The factor :math:`c` (:func:`~curvlab_plugins.kbfgs.normalisation.paper_loss_scale`),
-            also applied to the weight gradients.
+        records: ``{layer: {"h_mean", "g_sum", ["x"]}}``, ``g_sum`` :math:`=
+            \sum_n \partial L_\text{closure}/\partial h_n`
+            (:mod:`~curvlab_plugins.kbfgs.capture`); the paper's
+            :math:`\bar g` is :math:`\kappa` ``g_sum``.
+        scale: The measured :math:`\kappa` with :math:`L_\text{paper} =
+            \kappa L_\text{closure}`
+            (:class:`~curvlab_plugins.kbfgs.normalisation.PaperNormalisation`), also
+            applied to the weight gradients; ``None`` when nothing could be
+            measured (no finite, non-zero gradient at the outputs).
+        positions: ``{layer: R}``, positions per example (1 for a ``Linear``
+            on ``(N, in)`` inputs).
     """
 
     records: dict[str, dict[str, Tensor]]
-    scale: float
+    scale: float | None
+    positions: dict[str, int] = field(default_factory=dict)
+
+
+def _value(loss: Any) -> float:
+    """A closure's loss as a Python float (NaN when it returned nothing usable)."""
+    if isinstance(loss, Tensor) and loss.numel() == 1:
+        return float(loss.detach())
+    if isinstance(loss, (int, float)):
+        return float(loss)
+    return math.nan
 
 
 def _bfgs_blocks(Hs: list[Tensor], Vs: list[Tensor]) -> tuple[list[Tensor], Tensor]:
@@ -177,37 +275,49 @@ class _KBFGSBase(CurvatureOptimizer):
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         model = self.require_model()
-        coverage = layer_coverage(model, self.param_groups, (nn.Linear,), who=self.name)
-        for name, mod in coverage.layers.items():
-            if not coverage.trainable(mod.weight):
-                raise ValueError(
-                    f"{self.name} preconditions a layer's weight and bias together; model.{name} "
-                    "has a trainable bias but a frozen weight (freeze both, or neither)"
-                )
-        self.coverage = coverage
-        self._layers = dict(coverage.layers)
+        params = [p for g in self.param_groups for p in g["params"]]
+        trainable = [p for p in params if p.requires_grad]
+        plan = plan_blocks(model, trainable=trainable)
+        rows = [self._row(r, plan) for r in plan.coverage(families=_FAMILIES, who=self.name)]
+        self.fallback = Fallback(self, rows)
+        covered = {r.block for r in rows if r.kind.startswith("kronecker")}
+        groups = [g for name, g in plan.groups.items() if name in covered]
+        self._cov = Coverage(layers={g.name: g.modules[0] for g in groups},
+                             groups={id(p): g for g in self.param_groups for p in g["params"]},
+                             names=parameter_names(model, params),
+                             covered=frozenset(id(p) for p in trainable))
+        self._layers = dict(self._cov.layers)
         #: the trainable bias of each layer (None: no bias, or a frozen one)
-        self._bias = {n: (m.bias if coverage.trainable(m.bias) else None)
-                      for n, m in self._layers.items()}
-        self._capture = PreactivationCapture(self._layers, model=model, who=self.name)
+        self._bias = {g.name: g.bias for g in groups}
+        self._capture = PreactivationCapture(self._layers, who=self.name)
+        self._normalisation = PaperNormalisation(self.loss_fn, who=self.name)
         self._blocks: dict[tuple[str, ...], Blocks] = {}
 
-    def _statistics(self, rec: Recording) -> LayerStatistics:
-        r"""The recording in the paper's normalisation (:math:`\bar g = c\,` ``g_sum``)."""
-        out = rec.model_output
-        scale = paper_loss_scale(self.loss_fn, out) if out is not None else 1.0
-        records = {}
-        for name, r in rec.records.items():
-            entry = {k: v for k, v in r.items() if k != "g_sum"}
-            if "g_sum" in r:
-                entry["g_mean"] = r["g_sum"].mul(scale) if scale != 1.0 else r["g_sum"]
-            records[name] = entry
-        return LayerStatistics(records, scale)
+    def _row(self, row: ParamCoverage, plan: Any) -> ParamCoverage:
+        """A block-plan row as K-BFGS sees it: blocks it cannot form become ``uncovered``."""
+        group = plan.groups.get(row.block) if row.block is not None else None
+        if group is None or group.family not in _FAMILIES:
+            return row
+        reason = ""
+        if len(group.modules) > 1:
+            reason = (f"{self.name} has no block for parameters shared by the modules "
+                      f"{' and '.join(group.paths)}")
+        elif group.weight is None:
+            reason = (f"{self.name} preconditions a layer's weight and bias together; the weight "
+                      f"of {group.paths[0]} is frozen")
+        if not reason:
+            return row
+        return ParamCoverage(row.name, row.shape, "uncovered", None, row.uses, reason)
+
+    def coverage(self) -> CoverageTable:
+        """Every parameter's block kind or fallback (see :mod:`curvlab.curvature.coverage_table`)."""
+        return self.fallback.table
 
     def _evaluate(self, closure: Callable[..., Tensor]) -> Evaluation[LayerStatistics]:
-        with self._capture.recording(inputs=True) as rec:
+        with self._capture.recording(inputs=True) as rec, self._normalisation:
             loss = call_closure(closure, who=self.name)
-        return Evaluation(loss, self._statistics(rec))
+        return Evaluation(loss, LayerStatistics(rec.records, self._normalisation.factor(loss),
+                                                rec.positions))
 
     def _blocks_for(self, names: list[str], like: Tensor) -> Blocks:
         """The (cached) concatenation layout of the layers' output widths."""
@@ -224,7 +334,7 @@ class _KBFGSBase(CurvatureOptimizer):
         for name in names:
             for p in (self._layers[name].weight, self._bias[name]):
                 if p is not None:
-                    g = self.coverage.group(p)
+                    g = self._cov.group(p)
                     by_key.setdefault((g["momentum"], g["weight_decay"]), []).append(p)
         new: dict[Tensor, Tensor] = {}
         for (mu, wd), ps in by_key.items():
@@ -247,32 +357,43 @@ class _KBFGSBase(CurvatureOptimizer):
     def _update(self, closure: Callable[..., Tensor] | None,
                 evaluation: Evaluation[LayerStatistics]) -> Step | Skip:
         assert closure is not None and evaluation.data is not None  # meta.requires_closure
-        self.coverage.check_gradients(self.name)
+        self._cov.check_gradients(self.name)
         first = evaluation.data.records
         names = [
             n for n, m in self._layers.items()
-            if m.weight.grad is not None and "g_mean" in first.get(n, {})
+            if m.weight.grad is not None and "g_sum" in first.get(n, {})
         ]
+        fallback = self.fallback.plan()  # from the gradients at θ (before the second evaluation)
         if not names:
+            if not descend_all_([fallback]):
+                return Skip("non-finite update of the fallback parameters")
             return Step()
-        new_mom = self._momenta(names, evaluation.data.scale)
+        scale = evaluation.data.scale
+        if scale is None:  # a perfect fit (zero gradient at the outputs): the last measurement
+            scale = self.stats.get("loss_scale")
+            if scale is None:
+                return Skip("the loss normalisation could not be measured: no finite, non-zero "
+                            "gradient reached loss_fn's input")
+        new_mom = self._momenta(names, scale)
         entries: dict[str, dict[str, Tensor]] = {}
         upd_names, upd_H, upd_V = [], [], []
         for name in names:
             mod = self._layers[name]
-            group = self.coverage.group(mod.weight)
+            group = self._cov.group(mod.weight)
             x = first[name]["x"]
             X = F.pad(x, (0, 1), value=1.0) if self._bias[name] is not None else x
+            a_norm, lam_a, _ = self._conventions(mod, X.shape[0], evaluation.data.positions[name],
+                                                 group)
             old = self.curv_state.get(name)
             if old is None:
-                entries[name] = self._first_entry(X, mod.weight, group)
+                entries[name] = self._first_entry(X, a_norm, lam_a, mod.weight, group)
                 continue
-            # A ← βA + (1-β) XᵀX/N in one GEMM; Hessian-action pair s_a = H_a ā, y_a = (A + λ_A I) s_a
+            # A ← βA + (1-β) XᵀX/n_A in one GEMM; Hessian-action pair s_a = H_a ā, y_a = (A + λ_A I) s_a
             beta = group["stat_decay"]
-            A = torch.addmm(old["A"], X.T, X, beta=beta, alpha=(1 - beta) / X.shape[0])
+            A = torch.addmm(old["A"], X.T, X, beta=beta, alpha=(1 - beta) / a_norm)
             H_a = old["H_a"]
             s_a = H_a @ X.mean(0)
-            y_a = torch.addmv(s_a, A, s_a, beta=math.sqrt(group["damping"]))
+            y_a = torch.addmv(s_a, A, s_a, beta=lam_a)
             entries[name] = {**old, "A": A}
             upd_names.append(name)
             upd_H.append(H_a)
@@ -284,8 +405,8 @@ class _KBFGSBase(CurvatureOptimizer):
         prepared, directions = {}, []
         for name in names:
             entry, bias = entries[name], self._bias[name]
-            group = self.coverage.group(self._layers[name].weight)
-            mW = new_mom[self._layers[name].weight]
+            group = self._cov.group(self._layers[name].weight)
+            mW = new_mom[self._layers[name].weight].flatten(1)  # Conv2d: (C_out, C_in k_h k_w)
             Mat = mW if bias is None else torch.cat([mW, new_mom[bias][:, None]], dim=1)
             prepared[name] = self._hg_prepare(entry, group)
             directions.append(self._hg_apply(prepared[name], Mat @ entry["H_a"]))
@@ -295,25 +416,80 @@ class _KBFGSBase(CurvatureOptimizer):
         params, steps, lrs = [], [], []
         for name, P in zip(names, directions):
             mod, bias = self._layers[name], self._bias[name]
-            cols = mod.weight.shape[1]
-            for p, d in ((mod.weight, P[:, :cols]), (bias, P[:, cols] if bias is not None else None)):
+            cols = mod.weight[0].numel()
+            for p, d in ((mod.weight, P[:, :cols].reshape(mod.weight.shape)),
+                         (bias, P[:, cols] if bias is not None else None)):
                 if p is not None and d is not None and p.grad is not None:
                     params.append(p)
                     steps.append(d)
-                    lrs.append(self.coverage.group(p)["lr"])
-        if not descend_(params, steps, lrs):
+                    lrs.append(self._cov.group(p)["lr"])
+        decays = [self._cov.group(p)["weight_decay"] for p in params]
+        own = len(params)
+        params += fallback.params
+        steps += fallback.steps
+        lrs += fallback.lrs
+        decays += [0.0] * len(fallback.params)  # the fallback's decay is decoupled, not in F
+        line_search = self.optimizer_hparams["line_search"]
+        if line_search:  # F'(0) and the weight-decay part of F(θ⁺) − F(θ), before moving
+            slope, decay_change = self._directional(params, steps, lrs, decays, scale)
+        if not descend_all_([PlannedStep(params[:own], steps[:own], lrs[:own]), fallback]):
             return Skip("non-finite update (overflow of lr · direction)")
         # committed: momenta and curvature of phase 1, then the pairs at θ⁺
         for p, m in new_mom.items():
             self.state[p]["momentum_buffer"] = m
         self.curv_state.update(entries)
-        return Step(counts=self._pre_activation_pairs(closure, first, names, prepared))
+        counts, loss_plus = self._pre_activation_pairs(closure, first, names, prepared, scale,
+                                                       evaluation.data.positions)
+        values = {"loss_scale": scale}
+        if line_search:
+            f0 = scale * _value(evaluation.loss)
+            f1 = scale * _value(loss_plus) + decay_change
+            t = step_fraction(f0, slope, f1)
+            values["step_fraction"] = t
+            counts["retracted_steps"] = int(t < 1.0)
+            # θ⁺ − (1 − t)(−α P) = θ + tΔ (guarded like any step; refused only on overflow)
+            if t < 1.0:
+                descend_(params, steps, [-(1.0 - t) * lr for lr in lrs])
+        return Step(counts=counts, values=values)
 
-    def _first_entry(self, X: Tensor, weight: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+    def _directional(self, params: list[Tensor], steps: list[Tensor], lrs: list[float],
+                     decays: list[float], scale: float) -> tuple[float, float]:
+        r""":math:`F'(0)` and :math:`\sum_p \frac{w_p}2 (\|p + \Delta_p\|^2 - \|p\|^2)`, one sync.
+
+        :math:`F'(0) = \sum_p \langle \kappa\, g_p + w_p\, p, \Delta_p\rangle` for the
+        step :math:`\Delta_p = -\alpha_p P_p` about to be applied (``decays``: the
+        :math:`w_p`, 0 for the fallback's parameters, whose decay is decoupled).
+        """
+        terms = []
+        for p, d, lr, wd in zip(params, steps, lrs, decays):
+            gd, pd, dd = (torch.vdot(t.reshape(-1), d.reshape(-1)) for t in (p.grad, p, d))
+            terms.append(torch.stack([-lr * (scale * gd + wd * pd),
+                                      wd * (-lr * pd + 0.5 * lr * lr * dd)]))
+        slope, decay = torch.stack(terms).double().sum(0).tolist()
+        return slope, decay
+
+    def _conventions(self, module: nn.Module, rows: int, positions: int,
+                     group: dict[str, Any]) -> tuple[float, float, float]:
+        r"""``(n_A, λ_A, μ₂ · R_y)`` of one layer: :math:`A = X^\top X / n_A`, damping, pair scale.
+
+        ``Linear`` (any input rank): :math:`n_A = NR` (the mean over all rows),
+        :math:`\lambda_A = \mu_2 = \sqrt\lambda`, :math:`y` summed over positions
+        (third value 1). ``Conv2d`` (KFC split, as ASDL's K-BFGS for CNNs):
+        :math:`n_A = N` (positions summed), :math:`\lambda_A = \sqrt{\lambda R}`,
+        :math:`\mu_2 = \sqrt{\lambda / R}`, :math:`y` averaged over positions
+        (third value :math:`R`). See the module docstring.
+        """
+        lam = math.sqrt(group["damping"])
+        if isinstance(module, nn.Conv2d):
+            return rows / positions, lam * math.sqrt(positions), float(positions)
+        return float(rows), lam, 1.0
+
+    def _first_entry(self, X: Tensor, a_norm: float, lam_a: float, weight: Tensor,
+                     group: dict[str, Any]) -> dict[str, Tensor]:
         """State of a layer's first step: A from the batch, H_a = (A + λ_A I)⁻¹ explicitly, H_g = I."""
-        A = (X.T @ X).div_(X.shape[0])
+        A = (X.T @ X).div_(a_norm)
         eye = torch.eye(A.shape[0], dtype=torch.float64, device=A.device)
-        L, info = torch.linalg.cholesky_ex(A.double() + math.sqrt(group["damping"]) * eye)
+        L, info = torch.linalg.cholesky_ex(A.double() + lam_a * eye)
         H_a = torch.cholesky_inverse(L) if int(info) == 0 else torch.full_like(eye, math.nan)
         H_a = ((H_a + H_a.T) / 2).to(A.dtype)
         d_out = weight.shape[0]
@@ -322,14 +498,15 @@ class _KBFGSBase(CurvatureOptimizer):
 
     def _pre_activation_pairs(
         self, closure: Callable[..., Tensor], first: dict[str, dict[str, Tensor]], names: list[str],
-        prepared: dict[str, Any],
-    ) -> dict[str, int]:
+        prepared: dict[str, Any], scale: float, positions: dict[str, int],
+    ) -> tuple[dict[str, int], Any]:
         """Second evaluation at θ⁺ on the same batch, then the damped H_g updates (one sync).
 
         Returns:
-            The step's counters (``pairs``, ``powell_damped``, ``lm_damped``, ``skipped_pairs``).
+            The step's counters (``pairs``, ``powell_damped``, ``lm_damped``,
+            ``skipped_pairs``) and the closure's loss at θ⁺.
         """
-        with self._capture.recording(inputs=False) as rec, torch.enable_grad():
+        with self._capture.recording(inputs=False) as rec, torch.enable_grad(), self._normalisation:
             if accepts(closure, "backward"):
                 # only ∂L/∂h is needed: skip the weight gradients and leave .grad alone
                 loss = call_closure(closure, who=self.name, backward=False)
@@ -337,28 +514,39 @@ class _KBFGSBase(CurvatureOptimizer):
                 if outs and isinstance(loss, Tensor) and loss.requires_grad:
                     torch.autograd.grad(loss, outs, allow_unused=True)
             else:
-                call_closure(closure, who=self.name)
-        second = self._statistics(rec).records
-        pair_names = [n for n in names if "g_mean" in second.get(n, {})]
+                loss = call_closure(closure, who=self.name)
+        measured = self._normalisation.factor(loss)
+        second = rec.records
+        pair_names = [n for n in names if "g_sum" in second.get(n, {})]
         missing = len(names) - len(pair_names)
         counts = [0, 0, missing]
         if pair_names:
-            counts = [c + v for c, v in zip(counts, self._damped_updates(first, second, pair_names,
-                                                                          prepared))]
+            scales = (scale, scale if measured is None else measured)
+            counts = [c + v for c, v in zip(counts, self._damped_updates(
+                first, second, pair_names, prepared, scales, positions))]
         return {"pairs": len(names), "powell_damped": counts[0], "lm_damped": counts[1],
-                "skipped_pairs": counts[2]}
+                "skipped_pairs": counts[2]}, loss
 
     def _damped_updates(
         self, first: dict[str, dict[str, Tensor]], second: dict[str, dict[str, Tensor]],
-        names: list[str], prepared: dict[str, Any],
+        names: list[str], prepared: dict[str, Any], scales: tuple[float, float],
+        positions: dict[str, int],
     ) -> list[int]:
-        """Smoothed pairs, double damping and H_g candidates for all layers at once; commit."""
+        r"""Smoothed pairs, double damping and H_g candidates for all layers at once; commit.
+
+        ``scales``: :math:`\kappa` of the evaluations at θ and θ⁺ (:math:`\bar g = \kappa`
+        ``g_sum``); ``positions``: :math:`R` per layer (:meth:`_conventions`).
+        """
         entries = [self.curv_state[n] for n in names]
-        groups = [self.coverage.group(self._layers[n].weight) for n in names]
+        groups = [self._cov.group(self._layers[n].weight) for n in names]
+        conv = [self._conventions(self._layers[n], 1, positions.get(n, 1), g)
+                for n, g in zip(names, groups)]
         blocks = self._blocks_for(names, entries[0]["s"])
         cat = torch.cat
         s_new = cat([second[n]["h_mean"] for n in names]) - cat([first[n]["h_mean"] for n in names])
-        y_new = cat([second[n]["g_mean"] for n in names]) - cat([first[n]["g_mean"] for n in names])
+        # y summed over positions (Linear, c[2] = 1: x / 1.0 is exact) or averaged (Conv2d)
+        y_new = cat([(second[n]["g_sum"] * scales[1] - first[n]["g_sum"] * scales[0]) / c[2]
+                     for n, c in zip(names, conv)])
         s_old, y_old = cat([e["s"] for e in entries]), cat([e["y"] for e in entries])
         # a layer's new pair is used only if finite (a sum is non-finite iff an entry is, or overflow)
         fresh = torch.isfinite(blocks.dots([(s_new + y_new, torch.ones_like(s_new))])[:, 0])
@@ -371,14 +559,15 @@ class _KBFGSBase(CurvatureOptimizer):
         s_parts, y_parts = blocks.split(s), blocks.split(y)
         prep = [prepared[n] for n in names]
         Hy = cat([self._hg_apply(pr, yb) for pr, yb in zip(prep, y_parts)])
-        mus = {(g["mu1"], g["damping"]) for g in groups}
+        # LM threshold μ₂ = √λ (Linear), √(λ/R) (Conv2d), see _conventions
+        mu2s = [math.sqrt(g["damping"] / c[2]) for g, c in zip(groups, conv)]
+        mus = {(g["mu1"], m) for g, m in zip(groups, mu2s)}
         if len(mus) == 1:
-            mu1, lam = mus.pop()
-            pair = double_damping_blocks(s, y, Hy, blocks.index, blocks.n, mu1=mu1,
-                                         mu2=math.sqrt(lam))
-        else:  # per-group damping thresholds: damp layer by layer
-            ps = [double_damping(sb, yb, hb, mu1=g["mu1"], mu2=math.sqrt(g["damping"]))
-                  for sb, yb, hb, g in zip(s_parts, y_parts, blocks.split(Hy), groups)]
+            mu1, mu2 = mus.pop()
+            pair = double_damping_blocks(s, y, Hy, blocks.index, blocks.n, mu1=mu1, mu2=mu2)
+        else:  # per-layer damping thresholds: damp layer by layer
+            ps = [double_damping(sb, yb, hb, mu1=g["mu1"], mu2=m)
+                  for sb, yb, hb, g, m in zip(s_parts, y_parts, blocks.split(Hy), groups, mu2s)]
             pair = DampedPair(*(cat([p[i].reshape(-1) for p in ps]) for i in range(5)))
         cands, ok, checks = self._hg_candidates(
             prep, blocks.split(pair.s), blocks.split(pair.y), blocks, pair.s, pair.y)
@@ -409,12 +598,15 @@ class KBFGS(_KBFGSBase):
         >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
         <torch._C.Generator object at ...>
         >>> model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
-        >>> opt = curvlab.create("kbfgs", model, torch.nn.MSELoss(), lr=0.1)
+        >>> mse = torch.nn.MSELoss()
+        >>> opt = curvlab.create("kbfgs", model, mse, lr=0.1)
         >>> x, y = torch.randn(16, 3), torch.randn(16, 2)
         >>> for _ in range(3):
-        ...     _ = opt.step(curvlab.closure(model, torch.nn.MSELoss(), x, y))
+        ...     _ = opt.step(curvlab.closure(model, mse, x, y))
         >>> opt.stats["pairs"], sorted(opt.curv_state["0"])
         (6, ['A', 'H_a', 'H_g', 's', 'y'])
+        >>> opt.stats["loss_scale"]   # MSELoss() averages over 2 outputs: L_paper = 2 L
+        2.0
     """
 
     name = "kbfgs"
@@ -454,10 +646,11 @@ class KBFGSL(_KBFGSBase):
     Example:
         >>> import torch, curvlab
         >>> model = torch.nn.Sequential(torch.nn.Linear(3, 2))
-        >>> opt = curvlab.create("K-BFGS(L)", model, torch.nn.MSELoss(), memory=2)
+        >>> mse = torch.nn.MSELoss()
+        >>> opt = curvlab.create("K-BFGS(L)", model, mse, memory=2)
         >>> x, y = torch.randn(8, 3), torch.randn(8, 2)
         >>> for _ in range(4):
-        ...     _ = opt.step(curvlab.closure(model, torch.nn.MSELoss(), x, y))
+        ...     _ = opt.step(curvlab.closure(model, mse, x, y))
         >>> opt.curv_state["0"]["S"].shape[0] <= 2
         True
     """

@@ -121,3 +121,88 @@ def test_float32_tolerance_accepts_round_off():
         loss = loss_fn(model(x), y) / 64
         loss.backward()
     assert probe.measure(loss).scale == pytest.approx(1 / 64, rel=1e-5)
+
+
+# ------------------------------------------------- reference="sum" and the extensions (#13, #19)
+# (id, loss kind, module reduction, closure, expected c against the summed loss)
+SUM_CASES = [
+    ("bce-mean", "bce", "mean", lambda f, o, y, p: f(o, y), 1.0 / (N * 5)),
+    ("bce-sum-over-N", "bce", "sum", lambda f, o, y, p: f(o, y) / N, 1.0 / N),
+    ("bce-none-summed-mean", "bce", "none", lambda f, o, y, p: f(o, y).sum(1).mean(), 1.0 / N),
+    ("ce-mean", "ce", "mean", lambda f, o, y, p: f(o, y), 1.0 / N),
+    ("mse-unequal-micro-batches-sum", "mse", "sum",
+     lambda f, o, y, p: (f(o[:2], y[:2]) + f(o[2:], y[2:])) / N, 1.0 / N),
+]
+
+
+@pytest.mark.parametrize(("kind", "reduction", "fn", "expected"),
+                         [pytest.param(*c[1:], id=c[0]) for c in SUM_CASES])
+def test_scale_against_the_summed_loss(kind, reduction, fn, expected):
+    x, y, c_out = _data(kind)
+    model = nn.Linear(4, c_out).double()
+    loss_fn = LOSSES[kind](reduction=reduction)
+    probe = LossScaleProbe(loss_fn, reference="sum")
+    with probe:
+        loss = fn(loss_fn, model(x), y, list(model.parameters()))
+        loss.backward()
+    got = probe.measure(loss)
+    assert got.scale == pytest.approx(expected, rel=1e-12) and got.examples == N
+    assert loss_fn.reduction == reduction  # the module itself is untouched
+
+
+def test_unequal_micro_batches_with_a_mean_reduction_are_refused_against_the_sum():
+    x, y, _ = _data("mse")
+    model, loss_fn = nn.Linear(4, 2).double(), nn.MSELoss()
+    probe = LossScaleProbe(loss_fn, reference="sum")
+    with probe:
+        loss = loss_fn(model(x)[:2], y[:2]) + loss_fn(model(x)[2:], y[2:])
+        loss.backward()
+    with pytest.raises(LossScaleError, match="weigh every example alike"):
+        probe.measure(loss)
+
+
+def test_calls_without_gradient_are_left_out_and_shared_outputs_count_once():
+    x, y, _ = _data("mse")
+    model, loss_fn = nn.Linear(4, 2).double(), nn.MSELoss(reduction="sum")
+    probe = LossScaleProbe(loss_fn)
+    with probe:
+        out = model(x)
+        with torch.no_grad():
+            loss_fn(out, y)  # a logged value: no part of the gradient
+        loss = loss_fn(out, y) + loss_fn(out, y)  # the same outputs twice: c = 2 per call
+        loss.backward()
+    got = probe.measure(loss)
+    assert got.scale == pytest.approx(2.0, rel=1e-12) and got.examples == N
+
+
+def test_non_finite_gradients_measure_nothing():
+    x, y, _ = _data("mse")
+    model, loss_fn = nn.Linear(4, 2).double(), nn.MSELoss()
+    probe = LossScaleProbe(loss_fn)
+    with probe:
+        loss = loss_fn(model(x * math.nan), y)
+        loss.backward()
+    assert math.isnan(probe.measure(loss).scale)
+
+
+def test_extra_positional_arguments_are_replayed():
+    x, y, _ = _data("mse")
+    model, loss_fn = nn.Linear(4, 2).double(), nn.GaussianNLLLoss()
+    var = torch.full((N, 2), 0.5, dtype=torch.float64)
+    probe = LossScaleProbe(loss_fn, reference="sum")
+    with probe:
+        loss = 3 * loss_fn(model(x), y, var)
+        loss.backward()
+    assert probe.measure(loss).scale == pytest.approx(3 / (N * 2), rel=1e-12)
+
+
+class _Plain(nn.Module):
+    def forward(self, out, y):
+        return (out - y).pow(2).sum()
+
+
+def test_reference_needs_a_reduction_attribute():
+    with pytest.raises(ValueError, match="has no 'reduction' attribute"):
+        LossScaleProbe(_Plain(), reference="sum")
+    with pytest.raises(ValueError, match="reference must be one of"):
+        LossScaleProbe(nn.MSELoss(), reference="mean")
