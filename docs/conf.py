@@ -35,6 +35,7 @@ extensions = [
     "curvlab_docs",
     "curvlab_results",  # Results page: tables and plots from docs/results/
     "curvlab_choosing",  # Choosing an optimizer: cost, coverage, measured behaviour
+    "curvlab_reproductions",  # Reproductions page: docs/results/reproductions.json
 ]
 
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "node_modules", "results/_figures"]
