@@ -149,7 +149,8 @@ def test_every_backend_declares_the_scopes_of_issue_20():
         "foof": {"inverse_every", "stats_steps", "ema_decay", "relative_damping"},
         "groupednewton": {"lambda_int", "order", "period", "eta_ema", "clip_negative",
                           "direction", "momentum", "dampening", "beta2", "partition",
-                          "full_third_order", "safeguard"},
+                          "full_third_order", "safeguard", "recompute_growth", "ema_before_clip",
+                          "plateau_factor", "plateau_patience", "plateau_window"},
         "kbfgs": set(), "kbfgsl": set(), "sgd": set(), "adam": set(),
     }
     if "soap" in curvlab.available():

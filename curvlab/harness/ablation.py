@@ -32,14 +32,12 @@ from typing import Any
 
 import curvlab
 from curvlab.harness.compare import Comparison, settings_and_problem
-from curvlab.harness.config import RunConfig
 from curvlab.harness.metrics import summarize
 from curvlab.harness.protocol import (
     Plan,
     comparison_id,
     complete_hparams,
     given_hparams,
-    selection_record,
 )
 from curvlab.harness.settings import RunSettings
 
@@ -302,15 +300,6 @@ def _ablate_one(settings: RunSettings, prob: Any, opt: str, factors: dict[str, l
     spec.update(shown={lb: [k for k in schema_names if k in set(factors) | set(retune)]
                        for lb in labels},
                 trial_counts={lb: sum(c.study == 0 for c in cands[lb]) for lb in labels})
-    plan.store.add_comparison(cid, spec)
-    plan.run(cid, [(c.config, "tune", lb) for lb in labels for c in cands[lb]], "tuning")
-    finals: list[tuple[RunConfig, str, str]] = []
-    selected = {}
-    for lb in labels:
-        winners = plan.select(cands[lb])
-        selected[lb] = selection_record(winners, plan.store)
-        finals += [(c, "final", lb) for c in plan.finals(lb, opt, base[lb], winners)]
-    spec["selected"] = selected
-    plan.store.update_comparison(cid, spec)
-    plan.run(cid, finals, "ablation")
+    plan.execute(cid, spec, {lb: cands[lb] for lb in labels}, base, dict.fromkeys(labels, opt),
+                 "ablation")
     return Comparison(cid, plan.store, spec)

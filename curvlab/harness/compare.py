@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import curvlab
-from curvlab.harness.config import RunConfig
 from curvlab.harness.metrics import summarize
 from curvlab.harness.problems import Problem, load_problem
 from curvlab.harness.protocol import (
@@ -43,7 +42,6 @@ from curvlab.harness.protocol import (
     comparison_id,
     complete_hparams,
     given_hparams,
-    selection_record,
 )
 from curvlab.harness.provenance import environment_differences
 from curvlab.harness.results import RunResult
@@ -278,18 +276,6 @@ def compare(
         counts[n] = sum(c.study == 0 for c in cands[n])
         shown[n] = [k for k in curvlab.info(n).schema.names if k in set(knobs) | fixed]
     spec.update(shown=shown, spaces=spaces, trial_counts=counts)
-    plan.store.add_comparison(cid, spec)
-
-    # 1. tuning trials (tuning seeds)
-    plan.run(cid, [(c.config, "tune", n) for n in names for c in cands[n]], "tuning")
-    # 2. selection on validation, 3. evaluation runs (evaluation seeds)
-    finals: list[tuple[RunConfig, str, str]] = []
-    selected = {}
-    for n in names:
-        winners = plan.select(cands[n])
-        selected[n] = selection_record(winners, plan.store)
-        finals += [(c, "final", n) for c in plan.finals(n, n, base[n], winners)]
-    spec["selected"] = selected
-    plan.store.update_comparison(cid, spec)
-    plan.run(cid, finals, "runs")
+    # tuning trials (tuning seeds), selection on validation, evaluation seeds
+    plan.execute(cid, spec, {n: cands[n] for n in names}, base, {n: n for n in names}, "runs")
     return Comparison(cid, plan.store, spec)

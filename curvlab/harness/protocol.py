@@ -230,6 +230,36 @@ class Plan:
         self.store.add_members(cid, [(c.key(), role, label) for c, role, label in rows])
         run_configs([c for c, _, _ in rows], self.store, self.settings, desc=desc)
 
+    def execute(self, cid: str, spec: dict[str, Any], cands: Mapping[str, Sequence[Candidate]],
+                base: Mapping[str, Mapping[str, Any]], optimizer_of: Mapping[str, str],
+                desc: str) -> None:
+        """Steps 1–3 of the protocol for the labels of ``cands``, recorded under ``cid``.
+
+        Adds the comparison (``spec``), runs every label's tuning trials, selects
+        each label's winners on validation, stores them in ``spec["selected"]``
+        and runs the evaluation seeds (``desc`` names them in progress bars).
+
+        Args:
+            cid: Comparison id.
+            spec: The comparison's JSON spec (gets ``"selected"``).
+            cands: Tuning candidates per label (empty: the label is not tuned).
+            base: Hyper-parameters per label when untuned (or as the fixed part).
+            optimizer_of: The optimizer name of each label.
+            desc: Progress description of the evaluation runs.
+        """
+        self.store.add_comparison(cid, spec)
+        self.run(cid, [(c.config, "tune", lb) for lb in cands for c in cands[lb]], "tuning")
+        finals: list[tuple[RunConfig, str, str]] = []
+        selected = {}
+        for lb in cands:
+            winners = self.select(cands[lb])
+            selected[lb] = selection_record(winners, self.store)
+            finals += [(c, "final", lb)
+                       for c in self.finals(lb, optimizer_of[lb], base[lb], winners)]
+        spec["selected"] = selected
+        self.store.update_comparison(cid, spec)
+        self.run(cid, finals, desc)
+
 
 def selection_record(winners: Mapping[int, Candidate], store: Store) -> list[dict[str, Any]]:
     """JSON-ready description of the winners (for the comparison's spec and reports)."""
