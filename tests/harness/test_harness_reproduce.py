@@ -162,7 +162,7 @@ def _tiny():
     claims = (Claim("momentum helps", "final_loss", "sgd-m", "sgd", "<=", tol=0.0),)
     return Preset("tiny", "momentum helps on a quadratic", "textbook", "src",
                   (Part("quadratic", "quadratic", arms, claims,
-                        quick=Budget(steps=30, eval_every=10)),))
+                        quick=Budget(steps=20, eval_every=10)),))
 
 
 def test_a_preset_runs_through_the_store_and_resumes(tmp_path, monkeypatch):
