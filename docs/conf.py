@@ -67,6 +67,7 @@ curvlab_backend_pages = {
     "natgrad": "backends/natgrad",
     "sgd": "backends/baselines",
     "adam": "backends/baselines",
+    "rmsprop": "backends/baselines",
     "soap": "backends/peers",
     "shampoo": "backends/peers",
     "kron": "backends/peers",

@@ -93,7 +93,7 @@ METRICS = {
     "steps_to_target": "steps to the validation-loss target",
     "value": "the measured value",
 }
-#: ``<=``: left ≤ right·(1 + tol); ``~``: |left/right − 1| ≤ tol; ``ratio``: left/right
+#: ``<=``: left ≤ right·(1 + tol); ``~``: abs(left/right − 1) ≤ tol; ``ratio``: left/right
 #: within [expected/tol, expected·tol]; ``below``/``above``: left ≤ / ≥ the number ``expected``.
 RELATIONS = ("<=", "~", "ratio", "below", "above")
 
@@ -429,11 +429,13 @@ def _row_metrics(row: Mapping[str, Any]) -> dict[str, float]:
 
 def _combine(store: Store, part: Part, comps: dict[str, Comparison]) -> Comparison:
     """One stored comparison (kind ``"reproduce"``) whose labels are the arms."""
+    per_optimizer = ("optimizers", "hparams", "grids", "shown", "spaces", "trial_counts",
+                     "selected", "plugin_code")
     first = next(iter(comps.values())).spec
-    spec = {key: first[key] for key in ("problem", "target", "steps", "seconds", "eval_every",
-                                        "seeds", "problem_options", "data_fingerprint")
-            if key in first}
+    spec = {key: value for key, value in first.items() if key not in per_optimizer}
     spec.update(
+        spaces={a.label: comps[a.label].spec.get("spaces", {}).get(a.optimizer, {})
+                for a in part.arms},
         kind="reproduce", part=part.title, arms=[a.label for a in part.arms],
         optimizers=sorted({a.optimizer for a in part.arms}),
         members={a.label: comps[a.label].id for a in part.arms},

@@ -17,11 +17,13 @@ figure carries the command, date, machine and versions.
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
 from curvlab_results import ResultsDirective, ResultSet, provenance, provenance_fields, table
 from docutils import nodes
+from docutils.statemachine import StringList
 from sphinx.application import Sphinx
 from sphinx.util import logging
 
@@ -90,10 +92,18 @@ class ReproductionsDirective(ResultsDirective):
         sec = self.section(f"{preset['name']}: {preset['title']}", f"reproduce-{preset['name']}")
         sec += _para("Paper: ", preset["paper"], ". Verdict: ", _verdict(preset["verdict"]),
                      f" ({'quick' if preset.get('quick') else 'full'} budgets).")
-        sec += nodes.literal_block(preset["source"], preset["source"], classes=["curvlab-source"])
+        sec += self.source(preset["source"])
         for part in preset["parts"]:
             sec += self.part(rs, preset, part, comps, p)
         return sec
+
+    def source(self, text: str) -> nodes.container:
+        """The preset's source (its docstring, reStructuredText) as a block."""
+        box = nodes.container(classes=["curvlab-source"])
+        lines = inspect.cleandoc(text).splitlines()
+        self.state.nested_parse(StringList(lines, source="curvlab reproduce presets"),
+                                self.content_offset, box)
+        return box
 
     def part(self, rs: ResultSet, preset: dict[str, Any], part: dict[str, Any],
              comps: dict[str, Any], p: dict[str, str]) -> nodes.section:

@@ -73,7 +73,7 @@ from torch import Tensor
 
 __all__ = ["D_REL_TOL", "StepSizes", "cubic_step_sizes", "effective_d", "newton_step_sizes"]
 
-#: d_s counts as zero when d_s² ≤ D_REL_TOL·|H̄_ss| (scale-free; :func:`effective_d`).
+#: d_s counts as zero when d_s² ≤ D_REL_TOL · abs(H̄_ss) (scale-free; :func:`effective_d`).
 D_REL_TOL = 1e-10
 #: Reciprocal condition number (of the Jacobi-scaled matrix) below which a solve fails.
 RCOND = 1e-13
