@@ -268,3 +268,55 @@ def test_every_quick_preset_runs(name, tmp_path, capsys):
     out = capsys.readouterr().out
     verdict = out.strip().splitlines()[-1].split(None, 1)[1]
     assert verdict in VERDICTS, out
+
+
+# ------------------------------------------------------ the Reproductions page
+def test_reproductions_page_shows_verdicts_claims_figures_and_provenance(tmp_path):
+    sphinx_application = pytest.importorskip("sphinx.application")
+    import re
+    import sys
+    from io import StringIO
+    from pathlib import Path
+
+    from sphinx.util.docutils import docutils_namespace
+
+    ext = Path(__file__).resolve().parents[2] / "docs" / "_ext"
+    results = tmp_path / "results"
+    results.mkdir()
+    store = Store(tmp_path / "runs.sqlite")
+    try:
+        ran = reproduce(_tiny(), quick=True, store=store, executor="serial")
+        fake = reproduce(Preset("fake", "a fake claim", "paper", "Source: *made up*.", (
+            Part("fake", "fake part", (Arm("a", "sgd"), Arm("b", "adam")),
+                 (Claim("a <= b", "value", "a", "b", "<="),),
+                 measure=_fake({"a": {"value": 2.0}, "b": {"value": 1.0}})),
+            Part("curves-autoencoder", "offline part", offline="a download"))), quick=True,
+            store=store)
+        write_docs([ran, fake], store, results, command="curvlab reproduce --all --quick "
+                   "--write-docs", started=dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc),
+                   machine_before={"cpu": "Test CPU 3000", "cores": 2, "os": "Linux-test"})
+    finally:
+        store.close()
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "conf.py").write_text(f"import sys\nsys.path.insert(0, {str(ext)!r})\n"
+                                 "extensions = ['curvlab_reproductions']\n"
+                                 f"curvlab_results_dir = {str(results)!r}\n")
+    (src / "index.rst").write_text("Reproductions\n=============\n\n.. curvlab-reproductions::\n")
+    warnings = StringIO()
+    sys.path.insert(0, str(ext))
+    try:
+        with docutils_namespace():
+            app = sphinx_application.Sphinx(str(src), str(src), str(out), str(tmp_path / "dt"),
+                                             "html", status=None, warning=warnings,
+                                             freshenv=True)
+            app.build()
+    finally:
+        sys.path.remove(str(ext))
+    assert warnings.getvalue() == ""
+    page = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", (out / "index.html").read_text()))
+    for fact in ("2026-12-02 00:00 UTC", "Test CPU 3000", "curvlab reproduce --all --quick",
+                 "momentum helps on a quadratic", "a fake claim", "not reproduced",
+                 "a is 100.0 % above b", "not applicable offline", "a download", "made up"):
+        assert fact in page, fact
+    assert "loss_vs_step.png" in (out / "index.html").read_text()  # the harness's own plots
