@@ -28,7 +28,7 @@ install: env
 ## Install test dependencies, lint, run the test suite (twice: this machine's kernels and
 ## the generic ones) and build the docs (what CI runs).
 test: env
-	$(PIP_INSTALL) -e ".[test,docs,peers]"
+	$(PIP_INSTALL) -e ".[test,docs,peers,lightning]"
 	$(MAKE) lint pytest pytest-other-kernels docs docs-browser
 
 lint:

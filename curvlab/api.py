@@ -133,6 +133,10 @@ class OptimizerInfo:
         lines.append(f"losses: {', '.join(self.meta.losses)}")
         if self.meta.closure_options:
             lines.append(f"closure options: {', '.join(self.meta.closure_options)}")
+        loops = [k for k, ok in self.meta.loops.items() if ok]
+        lines.append(f"training loops: {', '.join(loops)}"
+                     + (f" (needs a closure: {self.meta.why_closure})"
+                        if self.meta.requires_closure else ""))
         lines.append("hyper-parameters (scope: group = per param group, optimizer = one value):")
         for row in self.hparams:
             lines.append(

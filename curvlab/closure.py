@@ -24,14 +24,17 @@ too by accepting the same keywords:
 Which options an optimizer needs is declared in its
 :class:`~curvlab.optimizer.OptimizerMeta` (``closure_options``), so the
 harness never special-cases names. A plain zero-argument closure works for
-every optimizer that needs no option; one that needs an option and gets a
-plain closure raises a :class:`ValueError` that says how to build one.
+every optimizer that needs no option (PyTorch Lightning's automatic
+optimization passes such a closure); one that needs an option and gets a
+plain closure raises a :class:`ValueError` that names the option, says what
+the method needs it for (:data:`OPTION_PURPOSES`) and how to provide it.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import torch
@@ -39,15 +42,29 @@ from torch import Tensor, nn
 
 __all__ = [
     "CLOSURE_OPTIONS",
+    "OPTION_PURPOSES",
     "Closure",
     "LossClosure",
     "accepts",
     "call_closure",
     "closure",
     "graph_leaves",
+    "missing_options_message",
 ]
 
 CLOSURE_OPTIONS = ("backward", "create_graph", "fresh")
+
+#: What a method needs each contract option for, and how a closure provides it
+#: (used in the errors for a closure that does not accept the option).
+OPTION_PURPOSES: Mapping[str, str] = MappingProxyType({
+    "backward": "backward=False: it differentiates the returned loss itself, so the closure must "
+                "return the loss with its autograd graph and not back-propagate",
+    "create_graph": "create_graph=True: it takes Hessian-vector products, which need the "
+                    "gradient's own graph (loss.backward(create_graph=True))",
+    "fresh": "fresh=True: it evaluates the loss on a separate mini-batch, which the closure draws "
+             "from the source given as curvlab.closure(..., batches=<iterator or callable "
+             "returning (inputs, targets)>)",
+})
 
 Batch = tuple[Any, Any]
 
@@ -212,6 +229,25 @@ def _accepted_options(fn: Callable[..., Any]) -> frozenset[str]:
     return frozenset(p.name for p in params if p.name in CLOSURE_OPTIONS)
 
 
+def missing_options_message(who: str, options: list[str]) -> str:
+    """The error text for a closure that lacks the contract ``options`` (names, why, how).
+
+    Example:
+        >>> missing_options_message("demo", ["fresh"])[:60]
+        'demo needs a closure accepting fresh=... (fresh=True: it eva'
+    """
+    names = ", ".join(f"{m}=..." for m in options)
+    why = "; ".join(OPTION_PURPOSES[m] for m in options)
+    batches = ", batches=..." if "fresh" in options else ""
+    return (
+        f"{who} needs a closure accepting {names} ({why}); this closure takes no such keyword "
+        "(as PyTorch Lightning's automatic optimization passes). Build one with "
+        f"curvlab.closure(model, loss_fn, inputs, targets{batches}) (with Lightning: set "
+        "self.automatic_optimization = False and call opt.step(curvlab.closure(...)) in "
+        "training_step)"
+    )
+
+
 def call_closure(fn: Callable[..., Tensor], *, who: str = "this optimizer", **options: bool) -> Tensor:
     """Call ``fn`` with the contract ``options`` it needs, checking it accepts them.
 
@@ -235,7 +271,7 @@ def call_closure(fn: Callable[..., Tensor], *, who: str = "this optimizer", **op
         >>> call_closure(lambda: 3.0, who="adahessian", create_graph=True)
         Traceback (most recent call last):
         ...
-        ValueError: adahessian needs a closure accepting create_graph=...; build one with curvlab.closure(model, loss_fn, inputs, targets)
+        ValueError: adahessian needs a closure accepting create_graph=... (create_graph=True: it takes Hessian-vector products, which need the gradient's own graph (loss.backward(create_graph=True))); this closure takes no such keyword (as PyTorch Lightning's automatic optimization passes). Build one with curvlab.closure(model, loss_fn, inputs, targets) (with Lightning: set self.automatic_optimization = False and call opt.step(curvlab.closure(...)) in training_step)
     """
     defaults = {"backward": True, "create_graph": False, "fresh": False}
     unknown = set(options) - set(defaults)
@@ -246,9 +282,5 @@ def call_closure(fn: Callable[..., Tensor], *, who: str = "this optimizer", **op
         return fn()
     missing = set(wanted) - _accepted_options(fn)
     if missing:
-        names = ", ".join(f"{m}=..." for m in sorted(missing))
-        raise ValueError(
-            f"{who} needs a closure accepting {names}; build one with "
-            "curvlab.closure(model, loss_fn, inputs, targets)"
-        )
+        raise ValueError(missing_options_message(who, sorted(missing)))
     return fn(**wanted)

@@ -60,8 +60,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from torch import Tensor, nn
 
-from curvlab.closure import call_closure
+from curvlab.closure import OPTION_PURPOSES, call_closure
 from curvlab.curvature.coverage import parameter_names
+from curvlab.curvature.coverage_table import CoverageTable, generic_coverage
 from curvlab.curvature.finite import all_finite
 from curvlab.hparams import OPTIMIZER, Schema
 
@@ -91,9 +92,15 @@ class OptimizerMeta:
         layers: Parametrised layer types the method handles (``("any",)``:
             it treats parameters generically).
         losses: Loss modules the method handles (``("any",)``: any scalar loss).
-        requires_closure: ``step()`` must be given a closure.
+        requires_closure: ``step()`` must be given a closure (otherwise the
+            plain loop ``loss.backward(); opt.step()`` works, the method reading
+            what the user's forward and backward left: :meth:`CurvatureOptimizer._evaluate_plain`).
         closure_options: Contract options (``backward``, ``create_graph``,
             ``fresh``) the method passes to the closure; see :mod:`curvlab.closure`.
+        closure_reason: Why the method needs a closure, for the error of
+            ``step()`` without one and the docs (default: derived from
+            ``closure_options``).
+        loop_notes: How the method works in the loops it supports (docs).
         needs_loss_fn: The method needs ``loss_fn`` at construction.
         sparse_gradients: The method handles sparse gradients
             (``nn.Embedding(sparse=True)``); otherwise they are refused at
@@ -113,10 +120,43 @@ class OptimizerMeta:
     losses: tuple[str, ...] = ("any",)
     requires_closure: bool = False
     closure_options: tuple[str, ...] = ()
+    closure_reason: str = ""
+    loop_notes: str = ""
     needs_loss_fn: bool = False
     sparse_gradients: bool = False
     conformance: Mapping[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+
+    @property
+    def why_closure(self) -> str:
+        """Why ``step()`` needs a closure: ``closure_reason``, or what the ``closure_options`` are for.
+
+        Example:
+            >>> OptimizerMeta(summary="x", requires_closure=True,
+            ...               closure_reason="it evaluates the loss twice").why_closure
+            'it evaluates the loss twice'
+        """
+        if self.closure_reason:
+            return self.closure_reason
+        if self.closure_options:
+            return "; ".join(OPTION_PURPOSES[o] for o in self.closure_options)
+        return "it evaluates the loss itself inside step()" if self.requires_closure else ""
+
+    @property
+    def loops(self) -> dict[str, bool]:
+        """Which training loops the method supports.
+
+        ``"plain"``: ``loss.backward(); opt.step()``; ``"closure"``:
+        ``opt.step(curvlab.closure(...))``; ``"keyword-free closure"``: a
+        closure that accepts none of the contract keywords (PyTorch
+        Lightning's automatic optimization).
+
+        Example:
+            >>> OptimizerMeta(summary="x", requires_closure=True, closure_options=("fresh",)).loops
+            {'plain': False, 'closure': True, 'keyword-free closure': False}
+        """
+        return {"plain": not self.requires_closure, "closure": True,
+                "keyword-free closure": not self.closure_options}
 
 
 @dataclass(frozen=True)
@@ -318,6 +358,16 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         opts = self.meta.closure_options
         return Evaluation(call_closure(closure, who=self.name, create_graph="create_graph" in opts))
 
+    def _evaluate_plain(self) -> Evaluation[Any]:
+        """``step()`` without closure: the step's data from what the user's own forward and backward left.
+
+        Called only when ``meta.requires_closure`` is false. The default has
+        nothing to collect (first-order methods read ``.grad``); a curvature
+        backend that supports the plain loop returns what its hooks recorded
+        since the previous step (the loss is ``None``).
+        """
+        return Evaluation(None)
+
     def _update(
         self, closure: Callable[..., Tensor] | None, evaluation: Evaluation[Any]
     ) -> Step | Skip | None:
@@ -331,6 +381,23 @@ class CurvatureOptimizer(torch.optim.Optimizer):
 
     def _after_load(self) -> None:
         """Subclass hook after :meth:`load_state_dict` (rebuild derived caches)."""
+
+    def coverage(self) -> CoverageTable:
+        """Which update each parameter gets: a printable table (:mod:`curvlab.curvature.coverage_table`).
+
+        Layer-wise curvature backends return their block kinds and fallback
+        rows (:class:`~curvlab.curvature.fallback.Fallback`); this default
+        marks every trainable parameter ``generic`` (the method has no
+        per-layer blocks) and the others ``frozen``.
+
+        Example:
+            >>> import torch, curvlab
+            >>> print(curvlab.create("sgd", torch.nn.Linear(2, 1), lr=0.1).coverage())
+            parameter  shape   kind
+            weight     (1, 2)  generic
+            bias       (1,)    generic
+        """
+        return generic_coverage(self.model, self.param_groups)
 
     # ---------------------------------------------------------------- helpers
     def require_model(self) -> nn.Module:
@@ -399,12 +466,13 @@ class CurvatureOptimizer(torch.optim.Optimizer):
         """
         if closure is None and self.meta.requires_closure:
             raise ValueError(
-                f"{self.name} needs step(closure); build one with "
+                f"{self.name} needs step(closure), not the plain loop loss.backward(); "
+                f"opt.step(): {self.meta.why_closure}. Build one with "
                 "curvlab.closure(model, loss_fn, inputs, targets)"
             )
         if self.optimizer_hparams:
             self._check_optimizer_hparams()
-        evaluation = self._evaluate(closure) if closure is not None else Evaluation(None)
+        evaluation = self._evaluate(closure) if closure is not None else self._evaluate_plain()
         if not isinstance(evaluation, Evaluation):  # an _evaluate that returns the bare loss
             evaluation = Evaluation(evaluation)
         loss = evaluation.loss

@@ -28,7 +28,7 @@ def test_plain_closure_works_when_nothing_special_is_needed():
 
 
 def test_needed_option_on_plain_closure_is_a_clear_error():
-    with pytest.raises(ValueError, match="needs a closure accepting fresh=...; build one with curvlab.closure"):
+    with pytest.raises(ValueError, match=r"needs a closure accepting fresh=\.\.\. \(fresh=True: it evaluates the loss on a separate mini-batch.*Build one with curvlab.closure\(model, loss_fn, inputs, targets, batches=\.\.\.\)"):
         call_closure(lambda: 1.0, who="demo", fresh=True)
 
 

@@ -1,5 +1,6 @@
 """Every example runs (tiny budgets), and the example plugin installs and registers."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -22,7 +23,10 @@ SCRIPTS = [
     ("select_by_name.py", ["--optimizers", "sgd", "K-BFGS", "foof"], "kbfgs"),
     ("compare_digits.py", ["--optimizers", "sgd", "kfac"], "kfac"),
     ("checkpoint_resume.py", ["--optimizer", "kfac"], "weights bitwise identical: True"),
+    ("plain_loop.py", ["--optimizers", "kfac-empirical", "kfac-mc", "foof"], "kfac-mc"),
 ]
+#: needs an optional extra: (script, module it imports)
+OPTIONAL = [("lightning_kfac.py", "lightning")]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -32,7 +36,24 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def test_every_example_script_is_listed():
-    assert {p.name for p in EXAMPLES.glob("*.py")} == {s for s, _, _ in SCRIPTS}
+    assert {p.name for p in EXAMPLES.glob("*.py")} == {s for s, _, _ in SCRIPTS} | {
+        s for s, _ in OPTIONAL}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lightning") is None,
+                    reason="the lightning extra is not installed (pip install 'curvlab[lightning]')")
+def test_lightning_example_trains_five_steps(tmp_path):
+    """K-FAC and FOOF under Lightning's automatic optimization (its keyword-free closure): 5 steps each."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "lightning_kfac.py"), "--steps", "5"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("kfac", "foof"):
+        line = next(t for t in proc.stdout.splitlines() if t.startswith(f"{name}:"))
+        assert line.startswith(f"{name}: 5 steps") and line.endswith("skipped 0"), line
+        first, last = (float(v) for v in line.split("batch loss ")[1].split(",")[0].split(" -> "))
+        assert last < first, line
 
 
 @pytest.mark.parametrize("script,args,expected", SCRIPTS, ids=[s[0][:-3] for s in SCRIPTS])

@@ -145,8 +145,9 @@ def test_every_backend_declares_the_scopes_of_issue_20():
     """K-FAC/FOOF per-optimizer settings, and every bridge/GroupedNewton knob held per optimizer."""
     expected = {
         "kfac": {"factor_every", "ema_decay", "inverse_every", "kl_clip", "fisher_type",
-                 "damping_heuristic", "mc_samples"},
-        "foof": {"inverse_every", "stats_steps", "ema_decay", "relative_damping"},
+                 "damping_heuristic", "mc_samples", "kfac_approx", "fallback", "diagnostics"},
+        "foof": {"inverse_every", "stats_steps", "ema_decay", "relative_damping", "kfac_approx",
+                 "fallback"},
         "groupednewton": {"lambda_int", "order", "period", "eta_ema", "clip_negative",
                           "direction", "momentum", "dampening", "beta2", "partition",
                           "full_third_order", "safeguard", "recompute_growth", "ema_before_clip",

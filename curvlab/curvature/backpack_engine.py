@@ -2,12 +2,12 @@ r"""BackPACK's ``KFAC``/``KFLR`` as a :class:`~curvlab.curvature.factor_engine.F
 
 The path K-FAC has used so far, behind the shared interface: during
 :meth:`BackpackEngine.capture` BackPACK's hooks are installed
-(:class:`curvlab_plugins.kfac.hooks.BackpackHooks`) and the closure runs under
+(:class:`curvlab.curvature.backpack_hooks.BackpackHooks`) and the closure runs under
 ``with backpack(KFAC(mc_samples))`` (``"mc"``) or ``KFLR()`` (``"exact"``);
 the loss's module extension is wrapped in
-:class:`curvlab_plugins.kfac.seeded.SeededLossExtension` (private RNG state)
+:class:`curvlab.curvature.backpack_sampling.SeededLossExtension` (private RNG state)
 and ``BCEWithLogitsLoss`` uses the soft-target, many-output extension
-:class:`curvlab_plugins.kfac.backpack_bce.HBPSoftBCEWithLogitsLoss`.
+:class:`curvlab.curvature.backpack_bce.HBPSoftBCEWithLogitsLoss`.
 BackPACK leaves ``weight.kfac = [G, A]`` and ``bias.kfac = [G]``; they are
 converted to the engine convention of :mod:`~curvlab.curvature.layer_factors`:
 
@@ -29,10 +29,30 @@ converted to the engine convention of :mod:`~curvlab.curvature.layer_factors`:
 
 ``need_G=False`` runs no BackPACK at all (forward hooks only). Refused at
 capture time, with a message pointing to ``engine="hooks"``: ``"empirical"``
-(BackPACK has no such K-FAC extension), ``kfac_approx="expand"`` on a
-``Conv2d`` (see above), and a ``Linear`` input that is not 2-D (checked in a forward pre-hook, before
-BackPACK sees it), and ``CrossEntropyLoss`` targets equal to ``ignore_index``
-(BackPACK's square root counts those terms).
+(BackPACK has no such K-FAC extension) and ``kfac_approx="expand"`` on a
+``Conv2d`` (see above). A ``Linear`` input that is not 2-D and
+``CrossEntropyLoss`` targets equal to ``ignore_index`` (BackPACK's square
+root counts those terms) raise :class:`~curvlab.curvature.factor_engine.EngineUnsupported`
+from a forward pre-hook, before BackPACK computes anything (so
+:class:`~curvlab.curvature.factor_engine.AutoEngine` can switch to the hook
+engine and call the closure again).
+
+Loss scale: BackPACK's factors are those of the loss module's own output
+(its square root starts from the module's inputs), whatever the closure does
+with that output afterwards. A closure that rescales it (``loss_fn(out, y) /
+len(x)``) makes BackPACK warn "The output of ... seems to have been
+modified" at every factor step; the engine's contract is the module's
+factors (the optimizer multiplies them by the scale it measures,
+:mod:`~curvlab.curvature.loss_scale`), so that warning is filtered inside
+the capture.
+
+Supported structure (:func:`backpack_supports`): ``nn.Sequential``
+containers whose leaves are ``Linear``, ``Conv2d`` (``groups = 1``, numeric
+padding, ``padding_mode="zeros"``) and the parameter-free modules BackPACK
+passes factors through (``ReLU``, ``Sigmoid``, ``Tanh`` not in place,
+``Flatten``, ``MaxPool2d``, ``AvgPool2d``, ``ZeroPad2d``, ``Dropout``,
+``Identity``), every trainable parameter in such a layer, no shared
+parameters, and ``MSELoss``/``CrossEntropyLoss``/``BCEWithLogitsLoss``.
 """
 
 from __future__ import annotations
@@ -49,24 +69,57 @@ from backpack.extensions import KFLR
 from backpack.extensions.secondorder.hbp.losses import HBPCrossEntropyLoss, HBPMSELoss
 from torch import Tensor, nn
 
+from curvlab.curvature.backpack_bce import HBPSoftBCEWithLogitsLoss
+from curvlab.curvature.backpack_hooks import BackpackHooks
+from curvlab.curvature.backpack_sampling import SeededLossExtension
 from curvlab.curvature.block_plan import BlockPlan, ParamCoverage, plan_blocks
 from curvlab.curvature.factor_engine import (
     BIAS_LAYOUTS,
+    EngineUnsupported,
     FactorCapture,
     check_capture_options,
     check_choice,
+    run_capture,
 )
 from curvlab.curvature.kronecker_factors import KroneckerAccumulator
 from curvlab.curvature.layer_factors import LayerFactors
 from curvlab.curvature.loss_curvature import check_loss_module, term_mask
-from curvlab_plugins.kfac.backpack_bce import HBPSoftBCEWithLogitsLoss
-from curvlab_plugins.kfac.hooks import BackpackHooks
-from curvlab_plugins.kfac.seeded import SeededLossExtension
-from curvlab_plugins.kfac.support import check_loss, check_model
 
-__all__ = ["BackpackEngine", "backpack_supports"]
+__all__ = ["PASS_THROUGH", "BackpackEngine", "backpack_structure", "backpack_supports"]
 
 _HOOK_WARNING = "Full backward hook is firing when gradients are computed with respect to module outputs"
+_MODIFIED_WARNING = r"The output of .* seems to have been modified"
+
+#: Parameter-free modules BackPACK's K-FAC passes factors through.
+PASS_THROUGH: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Flatten, nn.MaxPool2d, nn.AvgPool2d, nn.ZeroPad2d,
+    nn.Dropout, nn.Identity,
+)
+
+
+def backpack_structure(model: nn.Module) -> str | None:
+    """``None`` if ``model``'s modules form a chain BackPACK's K-FAC handles, else the reason.
+
+    Example:
+        >>> backpack_structure(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))) is None
+        True
+        >>> backpack_structure(nn.Sequential(nn.Linear(2, 3), nn.ReLU(inplace=True)))
+        "in-place ReLU at model.1 breaks BackPACK's hooks"
+    """
+    for name, module in model.named_modules():
+        path = f"model.{name}" if name else "model"
+        if next(module.children(), None) is not None:
+            if not isinstance(module, nn.Sequential):
+                return (f"container {type(module).__name__} at {path} is not nn.Sequential "
+                        "(its forward is opaque to BackPACK)")
+            continue
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            continue
+        if not isinstance(module, PASS_THROUGH):
+            return f"BackPACK's K-FAC has no {type(module).__name__} (at {path})"
+        if getattr(module, "inplace", False):
+            return f"in-place {type(module).__name__} at {path} breaks BackPACK's hooks"
+    return None
 
 
 def backpack_supports(
@@ -84,13 +137,15 @@ def backpack_supports(
         >>> backpack_supports(nn.Sequential(nn.Linear(2, 2)), nn.MSELoss()) is None
         True
         >>> backpack_supports(nn.Sequential(nn.LayerNorm(2)), nn.MSELoss())
-        'kfac supports Linear, Conv2d; got LayerNorm at model.0'
+        "BackPACK's K-FAC has no LayerNorm (at model.0)"
     """
     try:
-        check_loss(loss_fn)
-        check_model(model)
+        check_loss_module(loss_fn)
     except ValueError as err:
         return str(err)
+    structure = backpack_structure(model)
+    if structure is not None:
+        return structure
     plan = plan_blocks(model, trainable=trainable)
     for row in plan.rows:
         if row.kind == "uncovered":
@@ -128,6 +183,9 @@ class BackpackEngine:
         >>> tuple(f.A.shape), tuple(f.G.shape), f.params
         ((3, 3), (2, 2), ('0.weight', '0.bias'))
     """
+
+    #: Engine name (reported by backends).
+    name = "backpack"
 
     def __init__(
         self,
@@ -174,14 +232,18 @@ class BackpackEngine:
     def remove(self) -> None:
         """Nothing stays installed between captures (kept for the protocol)."""
 
+    def run(self, call, **options):
+        """``(call(), capture)``: ``call`` (the closure call) inside :meth:`capture` (``options``)."""
+        return run_capture(self, call, **options)
+
     def _check_options(self, fisher_type: str, kfac_approx: str) -> None:
         if fisher_type == "empirical":
-            raise ValueError(
+            raise EngineUnsupported(
                 f"{self.who}: the BackPACK engine has no empirical-Fisher K-FAC; "
                 "fisher_type must be 'mc' or 'exact' here, or use engine='hooks'"
             )
         if kfac_approx == "expand" and any(g.family == "conv2d" for g in self.plan.groups.values()):
-            raise ValueError(
+            raise EngineUnsupported(
                 f"{self.who}: BackPACK's Conv2d G sums the output-gradient square root over "
                 "positions before the outer product (the reduce G), so the BackPACK engine serves "
                 "Conv2d only with kfac_approx='reduce'; use engine='hooks' for 'expand'"
@@ -226,6 +288,7 @@ class BackpackEngine:
                 if need_G:
                     stack.enter_context(warnings.catch_warnings())
                     warnings.filterwarnings("ignore", message=_HOOK_WARNING)
+                    warnings.filterwarnings("ignore", message=_MODIFIED_WARNING)
                     stack.enter_context(self._hooks)
                     stack.enter_context(backpack(ext))
                 try:
@@ -263,7 +326,7 @@ class BackpackEngine:
 
     def _check_targets(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if len(args) > 1 and isinstance(args[1], Tensor) and term_mask(module, args[0], args[1]) is not None:
-            raise ValueError(
+            raise EngineUnsupported(
                 f"{self.who}: CrossEntropyLoss targets equal to ignore_index={module.ignore_index}: "
                 "BackPACK's factors would count those terms; use engine='hooks'"
             )
@@ -272,7 +335,7 @@ class BackpackEngine:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0]
             if isinstance(module, nn.Linear) and x.dim() != 2:
-                raise ValueError(
+                raise EngineUnsupported(
                     f"{self.who}: BackPACK's KFAC takes 2-D Linear inputs; got shape "
                     f"{tuple(x.shape)} at model.{name}; use engine='hooks' (kfac_approx applies)"
                 )

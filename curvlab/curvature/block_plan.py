@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "COVERED_KINDS",
+    "KFAC_APPROX",
     "KINDS",
     "BlockPlan",
     "LayerGroup",
@@ -125,18 +126,41 @@ class BlockPlan:
     groups: dict[str, LayerGroup] = field(default_factory=dict)
     rows: list[ParamCoverage] = field(default_factory=list)
 
-    def coverage(self, kfac_approx: str = "expand") -> list[ParamCoverage]:
+    def coverage(
+        self, kfac_approx: str = "expand", *, families: tuple[str, ...] | None = None,
+        who: str = "this optimizer",
+    ) -> list[ParamCoverage]:
         """The coverage rows with Kronecker kinds for ``kfac_approx`` (``"expand"``/``"reduce"``).
+
+        Args:
+            kfac_approx: ``"expand"`` or ``"reduce"``.
+            families: Block families the backend preconditions (``None``: all
+                of them); the parameters of other groups become ``uncovered``
+                with a reason naming ``who`` (a backend with fewer block types,
+                e.g. one for ``"linear"`` only, routes them to its fallback).
+            who: Backend name for those reasons.
 
         Raises:
             ValueError: ``kfac_approx`` not in ``("expand", "reduce")``.
+
+        Example:
+            >>> net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+            >>> [(r.name, r.kind) for r in plan_blocks(net).coverage(families=("linear",))]
+            [('0.weight', 'kronecker-expand'), ('0.bias', 'kronecker-expand'), ('1.weight', 'uncovered'), ('1.bias', 'uncovered')]
         """
         check_kfac_approx(kfac_approx)
-        return [
-            ParamCoverage(r.name, r.shape, self.groups[r.block].kind(kfac_approx), r.block, r.uses)
-            if r.block is not None else r
-            for r in self.rows
-        ]
+        out = []
+        for r in self.rows:
+            group = self.groups.get(r.block) if r.block is not None else None
+            if group is None:
+                out.append(r)
+            elif families is not None and group.family not in families:
+                module = type(group.modules[0]).__name__
+                out.append(ParamCoverage(r.name, r.shape, "uncovered", None, r.uses,
+                                         f"{who} has no block for {module} ({group.paths[0]})"))
+            else:
+                out.append(ParamCoverage(r.name, r.shape, group.kind(kfac_approx), r.block, r.uses))
+        return out
 
     def uncovered(self) -> list[ParamCoverage]:
         """Rows of kind ``"uncovered"`` (what a backend routes to its fallback)."""
@@ -190,6 +214,9 @@ def _family(module: nn.Module, parent: nn.Module | None) -> tuple[str | None, st
         return "embedding", ""
     if isinstance(module, NORMS):
         return "norm", ""
+    if next(module.children(), None) is not None:
+        return None, (f"a parameter of the container {kind} itself (used in its own forward, not "
+                      "by a layer whose call can be hooked)")
     return None, f"{kind} has no curvature block (supported: Linear, Conv2d, Embedding, " \
                  "LayerNorm, RMSNorm, BatchNorm1d/2d)"
 

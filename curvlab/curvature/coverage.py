@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from curvlab.curvature.layers import describe_supported
 
-__all__ = ["Coverage", "layer_coverage", "parameter_names"]
+__all__ = ["Coverage", "layer_coverage", "parameter_coverage", "parameter_names"]
 
 
 def parameter_names(model: nn.Module | None, params: Iterable[Tensor]) -> dict[int, str]:
@@ -96,6 +96,30 @@ class Coverage:
                         "(requires_grad=False) when the optimizer was built; build a new "
                         "optimizer after unfreezing parameters"
                     )
+
+
+def parameter_coverage(model: nn.Module | None, param_groups: Sequence[Mapping[str, Any]]) -> Coverage:
+    """The param-group map and trainable set of an optimizer, without a layer check.
+
+    For backends that route parameters without a block elsewhere
+    (:mod:`~curvlab.curvature.fallback`) instead of refusing them:
+    :attr:`Coverage.layers` is empty; :meth:`Coverage.group` and
+    :meth:`Coverage.check_gradients` work as for :func:`layer_coverage`.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(2, 1)
+        >>> cov = parameter_coverage(net, [{"params": list(net.parameters()), "lr": 0.1}])
+        >>> cov.group(net.bias)["lr"], cov.trainable(net.weight)
+        (0.1, True)
+    """
+    params = [p for g in param_groups for p in g["params"]]
+    return Coverage(
+        layers={},
+        groups={id(p): g for g in param_groups for p in g["params"]},
+        names=parameter_names(model, params),
+        covered=frozenset(id(p) for p in params if p.requires_grad),
+    )
 
 
 def layer_coverage(

@@ -16,11 +16,20 @@ the parameters only if every one is finite. So an overflow never writes
 state. A step size beyond the dtype's range (which ``alpha=`` cannot
 represent) is applied as a saturating product ``s · α``, so it overflows to
 ``inf`` (and is refused) instead of raising.
+
+A step with parts computed by different rules (K-FAC's preconditioned
+directions and the fallback's Adam steps for the parameters no block
+covers, :mod:`~curvlab.curvature.fallback`) is a list of
+:class:`PlannedStep`: each part brings its parameters, steps and step sizes
+plus the state it would commit (momentum buffers, Adam moments);
+:func:`descend_all_` applies all parts through one :func:`descend_` and
+commits every part's state only if the whole step was applied.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -29,7 +38,34 @@ from curvlab.curvature.finite import all_finite
 
 _MAX = {dt: torch.finfo(dt).max for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
 
-__all__ = ["descend_", "descent_candidates"]
+__all__ = ["PlannedStep", "descend_", "descend_all_", "descent_candidates"]
+
+
+@dataclass
+class PlannedStep:
+    r"""One part of a descent step :math:`\theta \leftarrow \theta - \alpha s`, not applied yet.
+
+    Attributes:
+        params: Parameters :math:`\theta`.
+        steps: Their steps :math:`s` (new tensors; nothing was modified yet).
+        lrs: Their step sizes :math:`\alpha`.
+        commit: Called after the whole step was applied (stores the state
+            the part computed: momentum buffers, moments); ``None``: nothing.
+        state: Tensors ``commit`` would store that must be finite too (e.g.
+            Adam's second moments, which can overflow while the step does not).
+
+    Example:
+        >>> p = torch.ones(2)
+        >>> part = PlannedStep([p], [torch.ones(2)], [0.5])
+        >>> descend_all_([part]), p
+        (True, tensor([0.5000, 0.5000]))
+    """
+
+    params: list[Tensor] = field(default_factory=list)
+    steps: list[Tensor] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    commit: Callable[[], None] | None = None
+    state: list[Tensor] = field(default_factory=list)
 
 
 def _dense(t: Tensor) -> bool:
@@ -132,4 +168,36 @@ def _safe_in_place(params: Sequence[Tensor], steps: Sequence[Tensor], lrs: Seque
         top = _max(p.dtype)
         if not (abs(lr) <= top and np_ + abs(lr) * ns < top):  # NaN fails the comparison too
             return False
+    return True
+
+
+def descend_all_(parts: Sequence[PlannedStep]) -> bool:
+    """Apply every part through one guarded :func:`descend_`; commit the parts' state only then.
+
+    Args:
+        parts: The parts of the step (parameters must not repeat across parts).
+
+    Returns:
+        ``True`` when the step was applied and every ``commit`` ran;
+        ``False`` when a result or a part's ``state`` would be NaN/Inf
+        (nothing changed, nothing committed).
+
+    Example:
+        >>> p, q, log = torch.ones(1), torch.ones(1), []
+        >>> parts = [PlannedStep([p], [torch.ones(1)], [1.0], lambda: log.append("a")),
+        ...          PlannedStep([q], [torch.ones(1)], [1e39], lambda: log.append("b"))]
+        >>> descend_all_(parts), p, log            # q would overflow: nothing happens
+        (False, tensor([1.]), [])
+    """
+    params = [p for part in parts for p in part.params]
+    steps = [s for part in parts for s in part.steps]
+    lrs = [lr for part in parts for lr in part.lrs]
+    state = [t for part in parts for t in part.state]
+    if state and not all_finite(state):
+        return False
+    if not descend_(params, steps, lrs):
+        return False
+    for part in parts:
+        if part.commit is not None:
+            part.commit()
     return True

@@ -55,6 +55,7 @@ from curvlab.curvature.factor_engine import (
     FactorCapture,
     check_capture_options,
     check_choice,
+    run_capture,
 )
 from curvlab.curvature.kronecker_factors import KroneckerAccumulator
 from curvlab.curvature.loss_curvature import (
@@ -74,7 +75,9 @@ class HookEngine:
 
     Args:
         model: The network.
-        loss_fn: ``MSELoss``, ``CrossEntropyLoss`` or ``BCEWithLogitsLoss`` (mean/sum).
+        loss_fn: ``MSELoss``, ``CrossEntropyLoss`` or ``BCEWithLogitsLoss`` (mean/sum);
+            ``None`` for an engine that only captures input-side statistics
+            (``need_G=False``, e.g. FOOF's).
         bias_layout: ``"separate"`` or ``"homogeneous"``.
         seed: Seed of the private generator (default: drawn from the global generator).
         trainable: Parameters the optimizer updates (default: ``requires_grad``).
@@ -102,10 +105,13 @@ class HookEngine:
         {'0': ((3, 3), (4, 4)), '2': ((4, 4), (2, 2))}
     """
 
+    #: Engine name (reported by backends).
+    name = "hooks"
+
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: nn.Module,
+        loss_fn: nn.Module | None,
         *,
         bias_layout: str = "separate",
         seed: int | None = None,
@@ -113,7 +119,8 @@ class HookEngine:
         max_exact_columns: int = 1024,
         who: str = "curvature",
     ) -> None:
-        check_loss_module(loss_fn, who)
+        if loss_fn is not None:
+            check_loss_module(loss_fn, who)
         check_choice("bias_layout", bias_layout, BIAS_LAYOUTS)
         if max_exact_columns < 1:
             raise ValueError(f"max_exact_columns must be >= 1; got {max_exact_columns}")
@@ -147,6 +154,10 @@ class HookEngine:
             h.remove()
         self._handles.clear()
 
+    def run(self, call, **options):
+        """``(call(), capture)``: ``call`` (the closure call) inside :meth:`capture` (``options``)."""
+        return run_capture(self, call, **options)
+
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = torch.Generator(device=device)
         if self._rng_state is None:
@@ -169,10 +180,12 @@ class HookEngine:
                 ``"exact"`` needing more than ``max_exact_columns`` passes.
         """
         check_capture_options(fisher_type, kfac_approx, mc_samples)
+        if need_G and self.loss_fn is None:
+            raise ValueError(f"{self.who}: this engine has no loss module; it captures need_G=False only")
         result = FactorCapture(fisher_type, kfac_approx)
         homogeneous = self.bias_layout == "homogeneous"
         accs: dict[str, Any] = {
-            name: UnitAccumulator(g) if g.family == "norm"
+            name: UnitAccumulator(g, kfac_approx) if g.family == "norm"
             else KroneckerAccumulator(g, kfac_approx=kfac_approx, homogeneous=homogeneous)
             for name, g in self.plan.groups.items()
         }
@@ -256,8 +269,9 @@ class _Run:
         self.loss_calls += 1
         if self.loss_calls > 1:
             raise ValueError(
-                f"{self.engine.who}: loss_fn was called twice in one closure call; the hook engine "
-                "captures one loss evaluation per factor step (no micro-batches)"
+                f"{self.engine.who}: loss_fn was called twice in one closure call (or, in the plain "
+                "loop, between two step() calls); the hook engine captures one loss evaluation per "
+                "factor step (no micro-batches; run evaluations under torch.no_grad())"
             )
         f = args[0]
         if not f.requires_grad:

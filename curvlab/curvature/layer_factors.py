@@ -55,7 +55,10 @@ class LayerFactors:
             ``Embedding`` with expand; ``None`` for unit-wise blocks.
         G: Output-side factor ``(out, out)``; ``None`` when the capture did not
             need it (FOOF) and for unit-wise blocks.
-        unit: Unit-wise blocks ``(U, k, k)`` over ``(weight_i, bias_i)``; ``None`` otherwise.
+        unit: Unit-wise blocks ``(U, k, k)`` over ``(weight_i, bias_i)``: the
+            curvature blocks, or (captured with ``need_G=False``) the input-side
+            moments of :mod:`~curvlab.curvature.unit_blocks`; ``None`` for
+            Kronecker blocks.
         homogeneous: ``A`` includes the bias as a last column (``[W | b]``);
             otherwise a bias (if trained) has the block :math:`G \otimes 1`.
         weight_view: ``"out_in"``: the weight's matrix view ``(out, d)``

@@ -132,31 +132,60 @@ class LossScaleProbe:
         self.who = who
         self.rtol = rtol
         self._calls: list[_Call] = []
-        self._handle: RemovableHandle | None = None
+        self._pending: _Call | None = None
+        self._handles: list[RemovableHandle] = []
 
     # ---------------------------------------------------------------- capture
     def __enter__(self) -> LossScaleProbe:
-        if self._handle is not None:
+        if self._handles:
             raise RuntimeError("LossScaleProbe is not re-entrant")
         self._calls = []
-        self._handle = self.loss_fn.register_forward_hook(self._record, with_kwargs=True)
+        # the pre-hook sees the caller's own tensor: a module with full backward hooks (BackPACK)
+        # wraps its inputs before forward hooks see them, and a gradient hook on the wrapped
+        # tensor would miss every other use of the outputs (an output penalty)
+        self._handles = [
+            self.loss_fn.register_forward_pre_hook(self._record, with_kwargs=True),
+            self.loss_fn.register_forward_hook(self._value),
+        ]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
-    def _record(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                output: Tensor) -> None:
-        """Forward hook on ``loss_fn``: keep outputs, targets and a hook for their gradient."""
+    @property
+    def active(self) -> bool:
+        """Whether the probe's hooks are installed (inside ``with probe:``)."""
+        return bool(self._handles)
+
+    def forget(self) -> None:
+        """Drop the calls recorded so far (without measuring them)."""
+        self._calls = []
+        self._pending = None
+
+    def _record(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Forward pre-hook on ``loss_fn``: keep outputs, targets and a hook for their gradient.
+
+        Calls with autograd off (an evaluation under ``torch.no_grad()``) are not recorded.
+        """
+        self._pending = None
+        if not torch.is_grad_enabled():
+            return
         outputs, rest = args[0], args[1:]
         target = rest[0] if rest else kwargs.get("target")
         extra = {k: v for k, v in kwargs.items() if k != "target"}
-        call = _Call(outputs.detach(), target, extra, float(output.detach().double().sum()))
+        call = _Call(outputs.detach(), target, extra, math.nan)
         if outputs.requires_grad:
             outputs.register_hook(lambda g, c=call: setattr(c, "grad", g.detach()))
         self._calls.append(call)
+        self._pending = call
+
+    def _value(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> None:
+        """Forward hook on ``loss_fn``: the value of the call the pre-hook recorded."""
+        if self._pending is not None:
+            self._pending.value = float(output.detach().double().sum())
+            self._pending = None
 
     # ---------------------------------------------------------------- measure
     def _module_grad(self, call: _Call) -> tuple[Tensor, float]:

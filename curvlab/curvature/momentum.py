@@ -29,14 +29,14 @@ GroupedNewton's ``"sgd-momentum"`` direction (:func:`heavy_ball`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from curvlab.curvature.descent import descend_
+from curvlab.curvature.descent import PlannedStep, descend_all_
 
-__all__ = ["heavy_ball", "momentum_step_"]
+__all__ = ["heavy_ball", "momentum_plan", "momentum_step_"]
 
 
 def _dense(ts: Sequence[Tensor]) -> bool:
@@ -112,12 +112,65 @@ def heavy_ball(
 
 
 @torch.no_grad()
+def momentum_plan(
+    optimizer: torch.optim.Optimizer,
+    directions: Mapping[Tensor, Tensor],
+    *,
+    params: Collection[Tensor] | None = None,
+    lrs: Mapping[Tensor, float] | None = None,
+) -> PlannedStep:
+    r"""PyTorch SGD's rule for the parameters with a gradient, as a :class:`~curvlab.curvature.descent.PlannedStep`.
+
+    Reads ``lr``, ``momentum`` and ``weight_decay`` (and, where declared,
+    ``dampening`` and ``nesterov``) from each param group. Nothing is
+    modified; the new momentum buffers are stored by the part's ``commit``.
+
+    Args:
+        optimizer: The optimizer whose ``param_groups`` and ``state`` are used.
+        directions: ``{param: v}``; parameters missing from it use ``p.grad``.
+        params: Only these parameters (default: every parameter with a gradient).
+        lrs: Step sizes overriding the group's ``lr`` for some parameters.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.ones(2))
+        >>> opt = torch.optim.SGD([p], lr=0.5, momentum=0.0, weight_decay=0.0)
+        >>> p.grad = torch.ones(2)
+        >>> part = momentum_plan(opt, {}, lrs={p: 0.25})
+        >>> part.lrs, part.steps
+        ([0.25], [tensor([1., 1.])])
+    """
+    out = PlannedStep()
+    commits = []
+    keep = None if params is None else {id(p) for p in params}
+    for group in optimizer.param_groups:
+        ps = [p for p in group["params"] if p.grad is not None and (keep is None or id(p) in keep)]
+        if not ps:
+            continue
+        bufs = [optimizer.state[p].get("momentum_buffer") for p in ps]
+        s, new = heavy_ball(
+            [directions.get(p, p.grad) for p in ps], ps, bufs,
+            momentum=group["momentum"], dampening=group.get("dampening", 0.0),
+            nesterov=group.get("nesterov", False), weight_decay=group["weight_decay"],
+        )
+        out.params += ps
+        out.steps += s
+        out.lrs += [group["lr"] if lrs is None else lrs.get(p, group["lr"]) for p in ps]
+        commits += [(p, b) for p, b in zip(ps, new) if b is not None]
+
+    def commit() -> None:
+        for p, b in commits:
+            optimizer.state[p]["momentum_buffer"] = b
+
+    out.commit = commit
+    return out
+
+
+@torch.no_grad()
 def momentum_step_(optimizer: torch.optim.Optimizer, directions: Mapping[Tensor, Tensor]) -> bool:
     r"""Apply torch SGD's rule to every parameter with a gradient; all or nothing.
 
-    Reads ``lr``, ``momentum`` and ``weight_decay`` (and, where declared,
-    ``dampening`` and ``nesterov``) from each param group. The parameters
-    and momentum buffers change only if every new parameter is finite.
+    :func:`momentum_plan` applied through :func:`~curvlab.curvature.descent.descend_all_`:
+    the parameters and momentum buffers change only if every new parameter is finite.
 
     Args:
         optimizer: The optimizer whose ``param_groups`` and ``state`` are used.
@@ -134,23 +187,4 @@ def momentum_step_(optimizer: torch.optim.Optimizer, directions: Mapping[Tensor,
         >>> momentum_step_(opt, {p: torch.full((2,), 2.0)}), p.data
         (True, tensor([0., 0.]))
     """
-    params, steps, lrs, commits = [], [], [], []
-    for group in optimizer.param_groups:
-        ps = [p for p in group["params"] if p.grad is not None]
-        if not ps:
-            continue
-        bufs = [optimizer.state[p].get("momentum_buffer") for p in ps]
-        s, new = heavy_ball(
-            [directions.get(p, p.grad) for p in ps], ps, bufs,
-            momentum=group["momentum"], dampening=group.get("dampening", 0.0),
-            nesterov=group.get("nesterov", False), weight_decay=group["weight_decay"],
-        )
-        params += ps
-        steps += s
-        lrs += [group["lr"]] * len(ps)
-        commits += [(p, b) for p, b in zip(ps, new) if b is not None]
-    if not descend_(params, steps, lrs):
-        return False
-    for p, b in commits:
-        optimizer.state[p]["momentum_buffer"] = b
-    return True
+    return descend_all_([momentum_plan(optimizer, directions)])

@@ -14,7 +14,10 @@ factor, :math:`(G + \lambda_G I) \otimes (A + \lambda_A I)`, with
 
 A block with a single factor (the other one is the identity, e.g. a bias
 block :math:`G \otimes 1`, or FOOF, which is K-FAC with :math:`G = I`) is
-damped exactly: the lone factor gets all of :math:`\lambda`.
+damped exactly: the lone factor gets all of :math:`\lambda`. A factor kept
+as a vector (an ``Embedding``'s diagonal :math:`A`) has
+:math:`\operatorname{tr}A/\dim A` = the mean of the vector
+(:func:`mean_trace`), so π is defined the same way for every block type.
 """
 
 from __future__ import annotations
@@ -23,17 +26,33 @@ import math
 
 from torch import Tensor
 
-__all__ = ["HEURISTICS", "pi_factor", "split_damping"]
+__all__ = ["HEURISTICS", "mean_trace", "pi_factor", "split_damping"]
 
 HEURISTICS = ("pi", "equal")
+
+
+def mean_trace(F: Tensor) -> float:
+    r""":math:`\operatorname{tr}F/\dim F`: the mean eigenvalue of a factor.
+
+    ``F`` is a matrix ``(n, n)``, a vector ``(n,)`` (the diagonal of a
+    diagonal matrix) or a stack ``(b, k, k)`` of blocks (the block-diagonal
+    matrix they form).
+
+    Example:
+        >>> import torch
+        >>> mean_trace(torch.diag(torch.tensor([1.0, 3.0]))), mean_trace(torch.tensor([1.0, 3.0]))
+        (2.0, 2.0)
+    """
+    diag = F if F.dim() == 1 else F.diagonal(dim1=-2, dim2=-1)
+    return float(diag.sum()) / diag.numel()
 
 
 def pi_factor(A: Tensor, G: Tensor) -> float:
     r"""The π of the π-heuristic, :math:`\sqrt{(\operatorname{tr}A/\dim A) / (\operatorname{tr}G/\dim G)}`.
 
     Args:
-        A: Input-side factor, shape ``(a, a)``.
-        G: Output-side factor, shape ``(g, g)``.
+        A: Input-side factor, shape ``(a, a)`` or its diagonal ``(a,)``.
+        G: Output-side factor, shape ``(g, g)`` or its diagonal ``(g,)``.
 
     Returns:
         π as a float; ``1.0`` when either mean trace is not positive and
@@ -44,8 +63,7 @@ def pi_factor(A: Tensor, G: Tensor) -> float:
         >>> pi_factor(4 * torch.eye(2), torch.eye(3))
         2.0
     """
-    ta = float(A.diagonal().sum()) / A.shape[0]
-    tg = float(G.diagonal().sum()) / G.shape[0]
+    ta, tg = mean_trace(A), mean_trace(G)
     if not (ta > 0 and tg > 0 and math.isfinite(ta) and math.isfinite(tg)):
         return 1.0
     return math.sqrt(ta / tg)

@@ -29,6 +29,17 @@ normalises over the batch, LayerNorm over the units, so neither makes it
 vanish), costs nothing extra (the same two per-sample sums) and inverts
 in closed form (2×2).
 
+Input side only (``need_G=False``, FOOF's "gradient descent on neurons"):
+unit :math:`i` is a ``Linear(1, 1)`` with weight :math:`\gamma_i`, bias
+:math:`\beta_i` and input :math:`\tilde a_{n,r,i} = (\hat x_{n,r,i}, 1)` at
+:math:`R` positions (restricted to the trainable ones), so its input-side
+factor is the :math:`k\times k` second moment in the convention of
+:mod:`~curvlab.curvature.layer_factors`: *expand*
+:math:`A_i = \frac1{NR}\sum_{n,r}\tilde a\tilde a^\top`, *reduce*
+:math:`A_i = \frac1N\sum_n \bar a_n \bar a_n^\top` with :math:`\bar a_n`
+the mean over positions. (The curvature blocks above need no such choice:
+they are exact per unit.)
+
 :math:`\hat x` is recomputed from the layer input at forward time with the
 layer's own ``eps`` (BatchNorm: batch statistics in training mode or without
 running statistics, running statistics in eval mode, exactly as the layer).
@@ -40,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from curvlab.curvature.block_plan import LayerGroup
+from curvlab.curvature.block_plan import LayerGroup, check_kfac_approx
 from curvlab.curvature.layer_factors import LayerFactors
 
 __all__ = ["UnitAccumulator", "normalized_input"]
@@ -89,6 +100,8 @@ class UnitAccumulator:
 
     Args:
         group: A ``norm`` :class:`~curvlab.curvature.block_plan.LayerGroup`.
+        kfac_approx: ``"expand"`` or ``"reduce"``: how positions enter the
+            input-side moments of :meth:`result` with ``need_G=False``.
 
     Example:
         >>> ln = nn.LayerNorm(2)
@@ -101,9 +114,11 @@ class UnitAccumulator:
         [[[1.0, -1.0], [-1.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]]
     """
 
-    def __init__(self, group: LayerGroup) -> None:
+    def __init__(self, group: LayerGroup, kfac_approx: str = "expand") -> None:
         if group.family != "norm":
             raise ValueError(f"UnitAccumulator handles norm layers; got {group.family}")
+        check_kfac_approx(kfac_approx)
+        self.approx = kfac_approx
         self.group = group
         self.xhat: list[Tensor] = []
         self.unit: Tensor | None = None
@@ -151,8 +166,34 @@ class UnitAccumulator:
                 block = block * weight
             self.unit = block if self.unit is None else self.unit + block
 
+    def input_moments(self) -> Tensor:
+        r"""Per-unit input-side moments ``(U, k, k)`` of :math:`(\hat x, 1)` (module docstring).
+
+        Example:
+            >>> ln = nn.LayerNorm(2)
+            >>> g = LayerGroup("0", "norm", (ln,), ("model.0",), ln.weight, ln.bias, "0.weight", "0.bias")
+            >>> acc = UnitAccumulator(g)
+            >>> _ = acc.add_input(ln, torch.tensor([[1.0, 3.0]]))
+            >>> acc.input_moments().round(decimals=3).tolist()   # x̂ = (-1, 1)
+            [[[1.0, -1.0], [-1.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]]
+        """
+        xh = torch.cat(self.xhat, dim=1)  # (N, R·uses, U)
+        parts = []
+        if self.group.weight is not None:
+            parts.append(xh)
+        if self.group.bias is not None:
+            parts.append(torch.ones_like(xh))
+        rows = torch.stack(parts, dim=-1)  # (N, R, U, k)
+        if self.approx == "reduce":
+            mean = rows.mean(dim=1)
+            return torch.einsum("nuk,nul->ukl", mean, mean) / rows.shape[0]
+        return torch.einsum("nruk,nrul->ukl", rows, rows) / (rows.shape[0] * rows.shape[1])
+
     def result(self, *, need_G: bool = True) -> LayerFactors:
         """The group's unit-wise (``k = 2``) or diagonal (``k = 1``) :class:`LayerFactors`.
+
+        With ``need_G=False`` the blocks are the input-side moments
+        (:meth:`input_moments`) instead of the curvature blocks.
 
         Raises:
             ValueError: the layer was never called during the capture.
@@ -165,11 +206,13 @@ class UnitAccumulator:
             )
         k = len(g.params)
         unit = self.unit
-        if unit is None:
+        if not need_G:
+            unit = self.input_moments()
+        elif unit is None:
             U = self.xhat[0].shape[-1]
             unit = self.xhat[0].new_zeros(U, k, k)
         params = tuple(n for n in (g.weight_name, g.bias_name) if n is not None)
         return LayerFactors(
-            name=g.name, kind=g.kind(), params=params, unit=unit if need_G else None,
+            name=g.name, kind=g.kind(), params=params, unit=unit,
             batch_size=self.xhat[0].shape[0],
         )

@@ -13,6 +13,9 @@ Directives:
 ``.. curvlab-hparams:: NAME``
     Facts from ``meta`` (paper, layers, losses, closure options) and the
     hyper-parameter table (name, type, default, range, search space, doc).
+``.. curvlab-loops::``
+    Per optimizer, the training loops it supports (plain loop, closure,
+    keyword-free closure as PyTorch Lightning passes) and how, from ``meta``.
 ``.. curvlab-hparams-all::``
     A section with the above for every registered optimizer (``:exclude:``
     takes a space-separated list of names to leave out).
@@ -234,6 +237,39 @@ class OptimizersDirective(_CurvlabDirective):
         return [_table(["name", "summary", "paper"], rows, [14, 46, 30])]
 
 
+class LoopsDirective(_CurvlabDirective):
+    """``.. curvlab-loops::``: per registered optimizer, the training loops it supports (from ``meta``)."""
+
+    has_content = False
+
+    def generate(self) -> list[nodes.Node]:
+        import curvlab
+
+        rows = []
+        for name in sorted(set(curvlab.available()) | set(curvlab.unavailable())):
+            info, _ = _load_info(name)
+            if info is None:
+                rows.append([_para(_literal(name)), _para("?"), _para("?"), _para("?"),
+                             _para("not loadable in this build (optional extra missing)")])
+                continue
+            meta = info.meta
+            loops = meta.loops
+            yes = {True: "yes", False: "no"}
+            notes = meta.loop_notes
+            if not loops["plain"]:
+                notes = f"needs a closure: {meta.why_closure}" + (f"; {notes}" if notes else "")
+            elif not notes:
+                notes = "reads the gradients of your backward"
+            keyword_free = yes[loops["keyword-free closure"]]
+            if meta.closure_options:
+                keyword_free += " (needs " + ", ".join(meta.closure_options) + ")"
+            rows.append([_para(_literal(name)), _para(yes[loops["plain"]]),
+                         _para(yes[loops["closure"]]), _para(keyword_free), _para(notes)])
+        headers = ["optimizer", "plain loop", "step(closure)", "keyword-free closure (Lightning)",
+                   "how"]
+        return [_table(headers, rows, [12, 8, 9, 13, 58])]
+
+
 class HParamsDirective(_CurvlabDirective):
     """``.. curvlab-hparams:: NAME``: facts and hyper-parameter table of one optimizer."""
 
@@ -252,7 +288,10 @@ class HParamsDirective(_CurvlabDirective):
 
 
 class HParamsAllDirective(_CurvlabDirective):
-    """``.. curvlab-hparams-all::``: one section per registered optimizer."""
+    """``.. curvlab-loops::``
+    Per optimizer, the training loops it supports (plain loop, closure,
+    keyword-free closure as PyTorch Lightning passes) and how, from ``meta``.
+``.. curvlab-hparams-all::``: one section per registered optimizer."""
 
     option_spec = {"exclude": directives.unchanged}
 
@@ -510,6 +549,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("builder-inited", _write_module_pages)
     app.add_directive("curvlab-optimizers", OptimizersDirective)
     app.add_directive("curvlab-hparams", HParamsDirective)
+    app.add_directive("curvlab-loops", LoopsDirective)
     app.add_directive("curvlab-hparams-all", HParamsAllDirective)
     app.add_directive("curvlab-problems", ProblemsDirective)
     app.add_directive("curvlab-cli", CliDirective)

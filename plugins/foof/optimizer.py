@@ -6,15 +6,22 @@ pre-activations :math:`z = W \tilde a` is closest to a gradient step on
 
 .. math::
 
-    \Delta W = -\alpha\, \nabla W \,(\Sigma + \lambda I)^{-1}, \qquad
-    \Sigma = \frac1N \sum_{n,t} \tilde a_{n,t} \tilde a_{n,t}^\top ,
+    \Delta W = -\alpha\, \nabla W \,(\Sigma + \lambda I)^{-1},
 
-with :math:`\tilde a = (a, 1)` (the bias is folded into :math:`W`) and,
-for ``Conv2d``, :math:`a_{n,t}` the unfolded patches. The code is K-FAC's
+with :math:`\tilde a = (a, 1)` (the bias is folded into :math:`W`) and
+:math:`\Sigma` the input-side Kronecker factor :math:`A` of K-FAC in the
+convention of :mod:`curvlab.curvature.layer_factors` (weight-sharing
+positions by ``kfac_approx``: *expand*
+:math:`\Sigma = \frac1{NR}\sum_{n,r}\tilde a_{n,r}\tilde a_{n,r}^\top`, the
+unfolded patches for ``Conv2d``, the tokens of a sequence). The same rule
+for the other block types: ``Embedding`` :math:`\Delta W = -\alpha
+(\operatorname{diag}(\text{token frequencies}) + \lambda I)^{-1}\nabla W`;
+affine norm layers, whose unit :math:`i` is a ``Linear(1, 1)`` on
+:math:`(\hat x_i, 1)`, the 2×2 input moments per unit
+(:mod:`curvlab.curvature.unit_blocks`). The code is K-FAC's
 (:class:`~curvlab.curvature.kronecker_preconditioner.KroneckerPreconditioner`)
-fed with the single factor ``"A"`` = :math:`\Sigma` from forward hooks
-(:class:`~curvlab.curvature.statistics.InputStatistics`): no BackPACK, no
-backward statistics.
+fed with the single factor ``"A"`` (``"U"``) from the factor engine's
+forward hooks (``need_G=False``): no backward statistics, any loss.
 
 Schedule (:math:`t` counting committed steps): :math:`\Sigma` enters a
 bias-corrected EMA (decay :math:`m`) in the ``stats_steps`` :math:`S`
@@ -22,24 +29,27 @@ steps up to and including each inversion (every step when ``None``); the
 inverse :math:`(\Sigma + \lambda I)^{-1}` is recomputed every
 ``inverse_every`` :math:`T` steps (:math:`\lambda` optionally relative to
 the mean eigenvalue :math:`\operatorname{tr}\Sigma/\dim\Sigma`). The step
-then uses SGD momentum and weight decay (:mod:`curvlab.curvature.momentum`).
+then uses SGD momentum and weight decay (:mod:`curvlab.curvature.momentum`);
+parameters no block covers get the declared ``fallback``
+(:mod:`curvlab.curvature.fallback`) in the same step. The forward hooks are
+installed only for the :math:`S` recording passes, so the other steps cost
+an SGD step plus one product per layer.
 
-Defaults follow the paper's cheap schedule: :math:`T = 100` and
-:math:`\Sigma` recorded only in the :math:`S = 10` steps up to each
-inversion (the forward hooks are installed only for those passes), so 90 %
-of the steps cost an SGD step plus one product
-:math:`\nabla W (\Sigma+\lambda I)^{-1}` per layer (measurements of the
-schedule and the command that regenerates them: ``docs/backends/foof.rst``).
-A layer called several times per forward pass keeps the last call's statistics.
+Training loops: ``step(closure)`` (any closure, also PyTorch Lightning's,
+which takes no keywords) or the plain loop ``loss.backward(); opt.step()``
+(:mod:`curvlab.curvature.plain_loop`): while no closure is given, the
+forward hooks stay on the model for the recording steps and :math:`\Sigma`
+comes from the user's own forward passes, the gradients from the user's
+backward. Both loops give the same steps (``tests/backends/test_plain_loop.py``).
 
-Scopes: ``lr``, ``damping``, ``momentum`` and ``weight_decay`` are per
-param group; the schedule (``inverse_every``, ``stats_steps``), the EMA
-and ``relative_damping`` are per optimizer.
-
-Shapes: a ``Linear(d_in, d_out)`` layer with bias keeps
-:math:`\Sigma \in \mathbb R^{(d_{in}+1) \times (d_{in}+1)}` (without bias, or
-with a frozen one, :math:`d_{in} \times d_{in}`); a ``Conv2d`` one
-:math:`(C_{in} k_h k_w + 1)^2`. Frozen parameters are never moved.
+Scopes: ``lr``, ``damping``, ``momentum``, ``weight_decay`` and the
+fallback's step hyper-parameters are per param group; the schedule, the
+EMA, ``relative_damping``, ``kfac_approx`` and ``fallback`` are per
+optimizer. Shapes: a ``Linear(d_in, d_out)`` with a trained bias keeps
+:math:`\Sigma \in \mathbb R^{(d_{in}+1) \times (d_{in}+1)}`; a ``Conv2d``
+:math:`(C_{in} k_h k_w + 1)^2`; ``Embedding(V, D)`` :math:`(V,)` (expand);
+a norm layer ``(U, 2, 2)``. Measurements of the schedule and of the
+defaults: ``docs/backends/foof.rst``.
 """
 
 from __future__ import annotations
@@ -48,56 +58,25 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from curvlab.closure import call_closure
-from curvlab.curvature.coverage import Coverage, layer_coverage
+from curvlab.curvature.block_plan import KFAC_APPROX
+from curvlab.curvature.coverage import parameter_coverage
+from curvlab.curvature.coverage_table import CoverageTable
+from curvlab.curvature.descent import descend_all_
+from curvlab.curvature.factor_blocks import capture_estimates, plan_blocks_for
+from curvlab.curvature.factor_engine import describe_engine, make_engine
+from curvlab.curvature.fallback import Fallback, fallback_hparams
 from curvlab.curvature.kl_clip import inner_products
-from curvlab.curvature.kronecker import KroneckerBlock, split_matrix
+from curvlab.curvature.kronecker import split_matrix
 from curvlab.curvature.kronecker_preconditioner import KroneckerPreconditioner
-from curvlab.curvature.layers import conv_problem
-from curvlab.curvature.momentum import momentum_step_
-from curvlab.curvature.statistics import InputStatistics
+from curvlab.curvature.momentum import momentum_plan
+from curvlab.curvature.plain_loop import PlainLoopCapture
 from curvlab.hparams import OPTIMIZER, HParam, LogUniform, Schema
 from curvlab.optimizer import CurvatureOptimizer, Evaluation, OptimizerMeta, Skip, Step
 
-__all__ = ["FOOF", "foof_blocks", "records_statistics"]
-
-
-def foof_blocks(layers: dict[str, nn.Module], coverage: Coverage) -> list[KroneckerBlock]:
-    """One block per layer over its trainable ``(weight, bias)`` with the single factor ``A`` (:math:`G = I`).
-
-    A frozen bias is left out of the block (no homogeneous coordinate); a
-    layer with a frozen weight and a trainable bias is refused.
-
-    Args:
-        layers: ``{name: Linear/Conv2d}``.
-        coverage: Which parameters the optimizer trains.
-
-    Raises:
-        ValueError: a layer's bias is trainable but its weight is not.
-
-    Example:
-        >>> import torch
-        >>> from curvlab.curvature.coverage import layer_coverage
-        >>> lin = nn.Linear(2, 3)
-        >>> opt = torch.optim.SGD([lin.weight], lr=0.1)
-        >>> cov = layer_coverage(nn.Sequential(lin), opt.param_groups, (nn.Linear,), who="foof")
-        >>> [(b.name, len(b.params), b.factors) for b in foof_blocks(cov.layers, cov)]
-        [('0', 1, ('A',))]
-    """
-    blocks = []
-    for name, layer in layers.items():
-        if not coverage.trainable(layer.weight):
-            raise ValueError(
-                f"foof preconditions a layer's weight and bias together; model.{name} has a "
-                "trainable bias but a frozen weight (freeze both, or neither)"
-            )
-        params = [layer.weight]
-        if coverage.trainable(layer.bias):
-            params.append(layer.bias)
-        blocks.append(KroneckerBlock(name, tuple(params), ("A",)))
-    return blocks
+__all__ = ["FOOF", "records_statistics"]
 
 
 def records_statistics(step: int, inverse_every: int, stats_steps: int | None) -> bool:
@@ -136,6 +115,9 @@ class FOOF(CurvatureOptimizer):
                    low_open=True, space=LogUniform(1e-3, 1.0)),
             HParam("relative_damping", bool, False,
                    "λ relative to the mean eigenvalue tr Σ / dim Σ", scope=OPTIMIZER),
+            HParam("kfac_approx", str, "expand",
+                   "weight sharing (sequences, Conv2d): positions as samples or aggregated",
+                   choices=KFAC_APPROX, scope=OPTIMIZER),
             HParam("ema_decay", float, 0.95, "decay m of the bias-corrected EMA of Σ", low=0.0,
                    high=1.0, high_open=True, scope=OPTIMIZER),
             HParam("inverse_every", int, 100, "recompute (Σ + λI)⁻¹ every T steps (paper: 100)",
@@ -147,6 +129,7 @@ class FOOF(CurvatureOptimizer):
                    high_open=True),
             HParam("weight_decay", float, 0.0, "L2 coefficient added after preconditioning",
                    low=0.0),
+            *fallback_hparams(),
         ]
     )
     meta = OptimizerMeta(
@@ -155,44 +138,77 @@ class FOOF(CurvatureOptimizer):
             "Benzing, Gradient Descent on Neurons and its Link to Approximate Second-Order "
             "Optimization, ICML 2022 (arXiv 2201.12250)"
         ),
-        layers=("Linear", "Conv2d (groups=1)"),
+        layers=("Linear (any input rank)", "Conv2d (groups=1)", "Embedding",
+                "LayerNorm/RMSNorm/BatchNorm (unit-wise)", "other parameters: fallback"),
         losses=("any",),
-        requires_closure=True,
+        loop_notes=(
+            "plain loop: the layer inputs come from forward hooks kept on the model while no "
+            "closure is given (for the steps that record statistics only), the gradients from "
+            "your own loss.backward(); any loss"
+        ),
         conformance={"lr": 0.1, "inverse_every": 5},
         tags=("second-order", "kronecker", "hooks"),
     )
 
     def _setup(self) -> None:
         model = self.require_model()
-        self.coverage = layer_coverage(model, self.param_groups, (nn.Linear, nn.Conv2d),
-                                       who=self.name, check=conv_problem)
-        self.blocks = foof_blocks(self.coverage.layers, self.coverage)
-        self.preconditioner = KroneckerPreconditioner(
-            self.blocks, relative_damping=self.optimizer_hparams["relative_damping"]
-        )
-        self.recorder = InputStatistics(
-            {b.name: self.coverage.layers[b.name] for b in self.blocks},
-            homogeneous={b.name: len(b.params) == 2 for b in self.blocks},
-        )
+        hp = self.optimizer_hparams
+        trainable = [p for g in self.param_groups for p in g["params"] if p.requires_grad]
+        self.engine = make_engine(model, None, kfac_approx=hp["kfac_approx"],
+                                  bias_layout="homogeneous", trainable=trainable, seed=0,
+                                  who=self.name)
+        self.fallback = Fallback(self, self.engine.coverage(hp["kfac_approx"]))
+        self.params_map = parameter_coverage(model, self.param_groups)
+        self.blocks = plan_blocks_for(self.engine.plan, need_G=False)
+        self.preconditioner = KroneckerPreconditioner(self.blocks,
+                                                      relative_damping=hp["relative_damping"])
         self.curv_state.update({"step": 0, "blocks": {}})
+        self.plain = PlainLoopCapture(self.engine, who=self.name, owner=self)
+        self._arm()
+
+    def _arm(self) -> None:
+        """Hook the user's next forward if the next step records Σ (plain loop)."""
+        hp = self.optimizer_hparams
+        if records_statistics(self.curv_state["step"], hp["inverse_every"], hp["stats_steps"]):
+            self.plain.arm(kfac_approx=hp["kfac_approx"], need_G=False)
+
+    def step(self, closure: Callable[..., Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """One FOOF step: with a closure or in the plain loop (Σ from the forward passes since the last step)."""
+        if closure is not None:
+            self.plain.disarm()
+        try:
+            return super().step(closure)
+        finally:
+            if closure is None:
+                self._arm()
+
+    def _after_load(self) -> None:
+        self.plain.disarm()
+        self._arm()
+
+    def _evaluate_plain(self) -> Evaluation[dict[str, dict[str, Tensor]]]:
+        """Σ of the forward passes run since the previous step (plain loop)."""
+        collected = self.plain.collect()
+        if collected is None:
+            return Evaluation(None)
+        cap, _ = collected
+        return Evaluation(None, capture_estimates(self.engine.plan, cap.factors, need_G=False))
+
+    def coverage(self) -> CoverageTable:
+        """Every parameter's block kind or fallback (see :mod:`curvlab.curvature.coverage_table`)."""
+        return CoverageTable(self.fallback.table, describe_engine(self.engine) + " (forward only)")
 
     def _evaluate(self, closure: Callable[..., Tensor]) -> Evaluation[dict[str, dict[str, Tensor]]]:
         hp = self.optimizer_hparams
-        self.recorder.covariances = {}
-        self.recorder.recording = records_statistics(
-            self.curv_state["step"], hp["inverse_every"], hp["stats_steps"]
-        )
-        try:
-            loss = call_closure(closure, who=self.name)
-        finally:
-            self.recorder.recording = False
-        estimates = {k: {"A": v} for k, v in self.recorder.covariances.items()}
-        self.recorder.covariances = {}
-        return Evaluation(loss, estimates)
+        if not records_statistics(self.curv_state["step"], hp["inverse_every"], hp["stats_steps"]):
+            return Evaluation(call_closure(closure, who=self.name))
+        loss, cap = self.engine.run(lambda: call_closure(closure, who=self.name),
+                                    kfac_approx=hp["kfac_approx"], need_G=False)
+        return Evaluation(loss, capture_estimates(self.engine.plan, cap.factors, need_G=False))
 
     @torch.no_grad()
     def _update(self, closure, evaluation: Evaluation[dict[str, dict[str, Tensor]]]) -> Step | Skip:
-        self.coverage.check_gradients(self.name)
+        self.params_map.check_gradients(self.name)
         hp = self.optimizer_hparams
         estimates = evaluation.data or {}
         blocks = self.curv_state["blocks"]
@@ -206,11 +222,13 @@ class FOOF(CurvatureOptimizer):
         missing = [b.name for b in active if b.name not in blocks]
         if missing:
             raise ValueError(
-                f"{self.name}: no input statistics for layer(s) {missing}; the closure must run "
-                "the model's forward pass with autograd enabled"
+                f"{self.name}: no input statistics for layer(s) {missing}; the closure (or, in "
+                "the plain loop, your code before step()) must run the model's forward pass with "
+                "autograd enabled"
             )
-        if step % hp["inverse_every"] == 0 or any("A_inv" not in blocks[b.name] for b in active):
-            damping = {b.name: self.coverage.group(b.params[0])["damping"] for b in self.blocks}
+        if step % hp["inverse_every"] == 0 or any(b.factors[0] + "_inv" not in blocks[b.name]
+                                                  for b in active):
+            damping = {b.name: self.params_map.group(b.params[0])["damping"] for b in self.blocks}
             inv = self.preconditioner.invert(blocks, damping)
             if inv is None:
                 return Skip("damped inverse failed or is not finite")
@@ -219,11 +237,10 @@ class FOOF(CurvatureOptimizer):
         # one sync: a non-finite V makes its inner product with the (finite) gradient non-finite
         if not all(map(math.isfinite, inner_products([V for _, V in mats], [M for M, _ in mats]))):
             return Skip("non-finite preconditioned gradient")
-        directions = {
-            p: v for b, (_, V) in zip(active, mats)
-            for p, v in zip(b.params, split_matrix(V, b.params))
-        }
-        if not momentum_step_(self, directions):
+        directions = {p: v for b, (_, V) in zip(active, mats)
+                      for p, v in zip(b.params, split_matrix(V, b.params, b.view))}
+        main = momentum_plan(self, directions, params=list(directions))
+        if not descend_all_([main, self.fallback.plan()]):
             return Skip("non-finite update (overflow of lr · direction)")
         self.curv_state["blocks"] = blocks
         self.curv_state["step"] = step + 1

@@ -111,7 +111,12 @@ _COMMON = [
 def _meta(summary: str, *tags: str) -> OptimizerMeta:
     """What K-BFGS and K-BFGS(L) declare alike (Linear layers, a closure evaluated twice)."""
     return OptimizerMeta(summary=summary, paper=_PAPER, layers=("Linear",), requires_closure=True,
-                         conformance={"lr": 0.3}, tags=("quasi-newton", "kronecker", *tags))
+                         conformance={"lr": 0.3}, tags=("quasi-newton", "kronecker", *tags),
+                         closure_reason=(
+                             "it evaluates the loss a second time on the same batch after moving "
+                             "the weights (its curvature pairs are the change of the layer "
+                             "inputs and output gradients), which only a closure can do; any "
+                             "closure works, also one without keywords (PyTorch Lightning's)"))
 
 
 @dataclass(frozen=True)

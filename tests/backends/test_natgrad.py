@@ -135,7 +135,9 @@ def test_step_equals_dense_damped_fisher_solve(fisher_type, block_diagonal, loss
 
 
 SMALL_ROWS = [c for c in backend_cases()
-              if sum(p.numel() for p in c.instantiate(batch=1).model.parameters()) <= 2000]
+              if sum(p.numel() for p in c.instantiate(batch=1).model.parameters()) <= 2000
+              and c.refusal("natgrad") is None]
+REFUSED_ROWS = [pytest.param(c, id=c.id) for c in backend_cases() if c.refusal("natgrad")]
 # every small row of the shared table with the full Fisher; the block variant (covered by the
 # grid above) on the rows whose layer structure differs: frozen and absent biases
 TABLE = [pytest.param(c, False, id=f"{c.id}-full") for c in SMALL_ROWS] + [
@@ -156,6 +158,16 @@ def test_case_table_rows_match_dense_fisher(case, block_diagonal):
     g = ref.gradient(twin, p.loss_fn, p.inputs, p.targets, params=names)
     mask = layer_mask(twin, names) if block_diagonal else None
     torch.testing.assert_close(step, dense_step(F, g, 0.1, mask), rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("case", REFUSED_ROWS)
+def test_case_table_refusals(case):
+    """Rows natgrad cannot split by example (per-token logits, BatchNorm in training mode):
+    refused with the row's text, at construction or at the first step."""
+    p = case.instantiate(batch=4)
+    with pytest.raises(ValueError, match=case.refusal("natgrad")):
+        opt = curvlab.create("natgrad", p.model, p.loss_fn)
+        opt.step(curvlab.closure(p.model, p.loss_fn, p.inputs, p.targets))
 
 
 ARCHITECTURES = [

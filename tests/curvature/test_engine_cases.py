@@ -57,22 +57,22 @@ def _gpt_kinds(tied: bool) -> dict[str, str]:
 
 
 CASES = [
-    Case("mlp", _mlp(), lambda: torch.randn(6, 4), 3, "BackpackEngine",
+    Case("mlp", _mlp(), lambda: torch.randn(6, 4), 3, "backpack",
          {"0.weight": K, "0.bias": K, "2.weight": K, "2.bias": K}),
     Case("cnn", lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)),
-         lambda: torch.randn(6, 1, 4, 4), 3, "HookEngine",
+         lambda: torch.randn(6, 1, 4, 4), 3, "hooks",
          {"0.weight": K, "0.bias": K, "3.weight": K, "3.bias": K}),
-    Case("inplace-relu", _mlp(inplace=True), lambda: torch.randn(6, 4), 3, "HookEngine",
+    Case("inplace-relu", _mlp(inplace=True), lambda: torch.randn(6, 4), 3, "hooks",
          {"0.weight": K, "0.bias": K, "2.weight": K, "2.bias": K}),
-    Case("frozen-bias", _mlp(frozen_bias=True), lambda: torch.randn(6, 4), 3, "BackpackEngine",
+    Case("frozen-bias", _mlp(frozen_bias=True), lambda: torch.randn(6, 4), 3, "backpack",
          {"0.weight": K, "0.bias": F, "2.weight": K, "2.bias": K}),
-    Case("resnet-bn", ResBlockBN, lambda: torch.randn(6, 1, 4, 4), 3, "HookEngine",
+    Case("resnet-bn", ResBlockBN, lambda: torch.randn(6, 1, 4, 4), 3, "hooks",
          {"stem.weight": K, "conv1.weight": K, "bn1.weight": U, "bn1.bias": U, "conv2.weight": K,
           "bn2.weight": U, "bn2.bias": U, "head.weight": K, "head.bias": K}),
-    Case("gpt", TinyGPT, lambda: torch.randint(0, 11, (3, 5)), 11, "HookEngine", _gpt_kinds(False)),
-    Case("gpt-tied", lambda: TinyGPT(tied=True), lambda: torch.randint(0, 11, (3, 5)), 11, "HookEngine",
+    Case("gpt", TinyGPT, lambda: torch.randint(0, 11, (3, 5)), 11, "hooks", _gpt_kinds(False)),
+    Case("gpt-tied", lambda: TinyGPT(tied=True), lambda: torch.randint(0, 11, (3, 5)), 11, "hooks",
          _gpt_kinds(True)),
-    Case("mha", AttentionClassifier, lambda: torch.randn(4, 5, 3), 3, "HookEngine",
+    Case("mha", AttentionClassifier, lambda: torch.randn(4, 5, 3), 3, "hooks",
          {"embed.weight": K, "embed.bias": K, "mha.in_proj_weight": X, "mha.in_proj_bias": X,
           "mha.out_proj.weight": X, "mha.out_proj.bias": X, "head.weight": K, "head.bias": K}),
 ]
@@ -99,7 +99,7 @@ def test_case(case: Case, loss: str, reduction: str):
     x = x.to(DT) if x.is_floating_point() else x
     loss_fn = LOSSES[loss](reduction=reduction)
     engine = make_engine(model, loss_fn, seed=0)
-    assert type(engine).__name__ == case.engine
+    assert engine.name == case.engine
     rows = engine.coverage()
     assert {r.name: r.kind for r in rows} == case.kinds
     assert all(r.reason for r in rows if r.kind == "uncovered")
