@@ -1,4 +1,4 @@
-"""The ``curvlab`` command line: ``list``, ``info``, ``data``, ``compare``, ``ablate``, ``report``, ``merge``.
+"""The ``curvlab`` command line: ``list``, ``info``, ``data``, ``compare``, ``ablate``, ``report``, ``merge``, ``reproduce``.
 
 The options shared by ``compare`` and ``ablate`` (budget, seeds, target,
 device, dtype, threads, store, executor, ...) are derived from the fields
@@ -49,6 +49,9 @@ examples:
   curvlab report --store curvlab-results.sqlite --out curvlab-report
   curvlab report --store curvlab-results.sqlite --score --measure ref-steps
   curvlab merge machine1.sqlite machine2.sqlite --out all.sqlite
+  curvlab reproduce --list                 the seed papers' claims, one preset each
+  curvlab reproduce foof-vs-kfac --quick   run one (resumable), print ours beside the paper's
+  curvlab reproduce --all --quick --write-docs
 """
 
 #: Exit status of a process whose stdout reader went away (128 + SIGPIPE).
@@ -78,10 +81,16 @@ def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
     return convert
 
 
-def _add_settings_arguments(p: argparse.ArgumentParser) -> None:
-    """One option per :class:`RunSettings` field, grouped as declared; unset options stay unset."""
+def _add_settings_arguments(p: argparse.ArgumentParser,
+                            keep: Callable[[str, Any], bool] | None = None) -> None:
+    """One option per :class:`RunSettings` field, grouped as declared; unset options stay unset.
+
+    ``keep(name, declaration)`` selects the fields (default: all).
+    """
     groups: dict[str, Any] = {}
     for name, default, decl in declared_settings():
+        if keep is not None and not keep(name, decl):
+            continue
         group = groups.get(decl.group) or groups.setdefault(decl.group, p.add_argument_group(decl.group))
         flag = "--" + name.replace("_", "-")
         if decl.cli_default is not None or "default" in decl.doc or default is None:
@@ -238,6 +247,24 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="{refuse,first}",
                    help="a run whose copies disagree: refuse the merge (default) or keep the "
                         "first store's copy")
+
+    p = sub.add_parser("reproduce", help="re-run a seed paper's claim (a preset) and give a verdict",
+                       formatter_class=fmt, parents=[common],
+                       epilog="examples:\n  curvlab reproduce --list\n"
+                              "  curvlab reproduce foof-vs-kfac --quick\n"
+                              "  curvlab reproduce --all --quick --write-docs\n")
+    p.add_argument("preset", nargs="?", default=None, metavar="NAME", help="preset (see --list)")
+    p.add_argument("--list", action="store_true", help="list the presets and what they claim")
+    p.add_argument("--all", action="store_true", help="run every preset that can run")
+    p.add_argument("--quick", action="store_true",
+                   help="the quick budgets (CI, docs: a few CPU-minutes a preset)")
+    p.add_argument("--write-docs", action="store_true",
+                   help="write the results file of the docs' Reproductions page (with --all)")
+    p.add_argument("--docs-dir", default=os.path.join("docs", "results"),
+                   help="where --write-docs writes reproductions.json/.sqlite (default "
+                        "%(default)s)")
+    _add_settings_arguments(p, keep=lambda name, decl: name == "data_dir"
+                            or (decl.scope == "execution" and name != "name"))
     return parser
 
 
@@ -508,8 +535,64 @@ def _profile(store: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import shlex
+
+    from curvlab.harness.presets import get_preset, preset_names
+    from curvlab.harness.reproduce import format_result, reproduce, write_docs
+    from curvlab.harness.reproduce import machine as machine_now
+    from curvlab.harness.store import Store
+
+    if args.list:
+        if args.preset or args.all or args.write_docs:
+            raise _CliError("--list takes no preset, --all or --write-docs")
+        for name in preset_names():
+            p = get_preset(name)
+            state = f" [cannot run yet: {p.missing}]" if p.missing else ""
+            print(f"{name:<20} {p.title}{state}")
+            print(f"{'':<20} {p.paper}; problems: {', '.join(part.problem for part in p.parts)}")
+        return 0
+    if args.all == bool(args.preset):
+        raise _CliError("give one preset NAME or --all (see `curvlab reproduce --list`)")
+    if args.write_docs and not args.all:
+        raise _CliError("--write-docs regenerates every preset's entry: use it with --all")
+    names = preset_names() if args.all else [get_preset(args.preset).name]
+    options = {n: getattr(args, n) for n, _, d in declared_settings()
+               if hasattr(args, n) and n != "store"}
+    if not hasattr(args, "progress"):
+        options["progress"] = sys.stderr.isatty()
+    started, before = dt.datetime.now(dt.timezone.utc), machine_now()
+    store = Store(getattr(args, "store", DEFAULT_STORE))
+    results = []
+    try:
+        for name in names:
+            preset = get_preset(name)
+            if preset.missing:
+                if not args.all:
+                    raise ValueError(f"preset {name!r} cannot run yet: {preset.missing}")
+                print(f"{name}: skipped, cannot run yet: {preset.missing}\n")
+                continue
+            result = reproduce(preset, quick=args.quick, store=store, **options)
+            print(format_result(result) + "\n", flush=True)
+            results.append(result)
+        if args.write_docs:
+            command = "curvlab reproduce --all" + (" --quick" if args.quick else "") + \
+                " --write-docs"
+            paths = write_docs(results, store, args.docs_dir, command=command, started=started,
+                               machine_before=before,
+                               skipped=[n for n in names if get_preset(n).missing])
+            print("wrote " + ", ".join(shlex.quote(str(p)) for p in paths))
+    finally:
+        store.close()
+    for r in results:  # a claim that does not reproduce is a result, not an error: exit 0
+        print(f"{r.name:<20} {r.verdict}")
+    return 0
+
+
 HANDLERS = {"list": _cmd_list, "info": _cmd_info, "data": _cmd_data, "compare": _cmd_compare,
-            "ablate": _cmd_ablate, "report": _cmd_report, "merge": _cmd_merge}
+            "ablate": _cmd_ablate, "report": _cmd_report, "merge": _cmd_merge,
+            "reproduce": _cmd_reproduce}
 
 
 def _dispatch(argv: Sequence[str] | None) -> int:

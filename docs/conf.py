@@ -35,6 +35,7 @@ extensions = [
     "curvlab_docs",
     "curvlab_results",  # Results page: tables and plots from docs/results/
     "curvlab_choosing",  # Choosing an optimizer: cost, coverage, measured behaviour
+    "curvlab_reproductions",  # Reproductions page: docs/results/reproductions.json
 ]
 
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "node_modules", "results/_figures"]
@@ -66,6 +67,7 @@ curvlab_backend_pages = {
     "natgrad": "backends/natgrad",
     "sgd": "backends/baselines",
     "adam": "backends/baselines",
+    "rmsprop": "backends/baselines",
     "soap": "backends/peers",
     "shampoo": "backends/peers",
     "kron": "backends/peers",

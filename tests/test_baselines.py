@@ -1,4 +1,4 @@
-"""The SGD and Adam baselines follow torch.optim step for step (the gold standard)."""
+"""The SGD, Adam and RMSprop baselines follow torch.optim step for step (the gold standard)."""
 
 import pytest
 import torch
@@ -13,6 +13,10 @@ CASES = [
     ("adam", torch.optim.Adam, {"lr": 1e-2}),
     ("adam", torch.optim.Adam, {"lr": 1e-2, "betas": (0.8, 0.99), "weight_decay": 1e-2}),
     ("adam", torch.optim.AdamW, {"lr": 1e-2, "weight_decay": 1e-1, "decoupled": True}),
+    ("rmsprop", torch.optim.RMSprop, {"lr": 1e-2}),
+    ("rmsprop", torch.optim.RMSprop, {"lr": 1e-3, "alpha": 0.9, "eps": 1e-4, "weight_decay": 1e-2}),
+    ("rmsprop", torch.optim.RMSprop, {"lr": 1e-3, "momentum": 0.9}),
+    ("rmsprop", torch.optim.RMSprop, {"lr": 1e-3, "momentum": 0.5, "centered": True}),
 ]
 
 
@@ -110,7 +114,7 @@ def test_sparse_gradients_refused_clearly():
         opt.step()
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop"])
 def test_overflowing_lr_skips_the_step_instead_of_writing_inf(name):
     from curvlab import NonFiniteStepWarning
 

@@ -68,7 +68,7 @@ def plugin_files(optimizer: str) -> list[Path]:
 
     Example:
         >>> sorted(p.name for p in plugin_files("sgd"))
-        ['__init__.py', 'adam.py', 'sgd.py']
+        ['__init__.py', 'adam.py', 'rmsprop.py', 'sgd.py']
     """
     import curvlab
 

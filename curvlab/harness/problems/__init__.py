@@ -2,9 +2,10 @@
 
 Built in: ``digits-mlp``, ``digits-cnn``, ``digits-autoencoder``,
 ``curves-autoencoder``, ``teacher-student``, ``quadratic`` (built-in data);
-``fashion-mlp``, ``fashion-autoencoder``, ``fashion-cnn`` (Fashion-MNIST,
+``fashion-mlp``, ``fashion-autoencoder``, ``fashion-cnn``, ``fashion-logreg``,
+``fashion-tanh-mlp`` (Fashion-MNIST,
 ``apt-get install dataset-fashion-mnist``); ``mnist-mlp``,
-``mnist-autoencoder``, ``mnist-cnn`` (MNIST from ``--data-dir``);
+``mnist-autoencoder``, ``mnist-cnn``, ``mnist-tanh-mlp`` (MNIST from ``--data-dir``);
 ``text-transformer`` (the Python standard library's source, or a text
 file). :mod:`curvlab.harness.data` tells where each dataset is found. A
 third-party package adds a problem with::
@@ -29,6 +30,7 @@ from curvlab.harness.problems.mnist import (
     FashionMLP,
     MNISTAutoencoder,
 )
+from curvlab.harness.problems.papers import FashionLogReg, FashionTanhMLP, MNISTTanhMLP
 from curvlab.harness.problems.synthetic import Quadratic, TeacherStudent
 from curvlab.harness.problems.text import TextTransformer
 from curvlab.registry import Registry
@@ -46,8 +48,11 @@ __all__ = [
     "Evaluation",
     "FashionAutoencoder",
     "FashionCNN",
+    "FashionLogReg",
+    "FashionTanhMLP",
     "FashionMLP",
     "MNISTAutoencoder",
+    "MNISTTanhMLP",
     "Problem",
     "Quadratic",
     "TeacherStudent",
