@@ -222,6 +222,10 @@ class NaturalGradient(CurvatureOptimizer):
         needs_loss_fn=True,
         conformance={"lr": 0.5, "damping": 0.01, "momentum": 0.0},
         tags=("second-order", "natural-gradient", "exact", "torch.func"),
+        closure_reason=(
+            "it recomputes the per-example output Jacobians from the inputs the closure feeds "
+            "the model, inside step(); any closure works, also one without keywords "
+            "(PyTorch Lightning's)"),
     )
 
     # ------------------------------------------------------------------ setup
@@ -244,7 +248,7 @@ class NaturalGradient(CurvatureOptimizer):
                         f"parameter; a parameter of shape {tuple(p.shape)} is not in the model "
                         "(it may act in the loss, whose parameters the Fisher does not cover)"
                     )
-        self.coverage: Coverage = layer_coverage(model, self.param_groups, (nn.Module,),
+        self._coverage: Coverage = layer_coverage(model, self.param_groups, (nn.Module,),
                                                  who=self.name)
         self.param_names = names
         owner = {}
@@ -253,7 +257,7 @@ class NaturalGradient(CurvatureOptimizer):
                 owner.setdefault(id(p), mname)
         self.owner = owner
         #: ``Linear`` layers whose columns are Kronecker-structured when observed exactly.
-        self.linear = {name: m for name, m in self.coverage.layers.items() if type(m) is nn.Linear}
+        self.linear = {name: m for name, m in self._coverage.layers.items() if type(m) is nn.Linear}
         self.probe = LossScaleProbe(self.loss_fn, who=self.name)
         self.curv_state.update({"step": 0})
         if hp["fisher_type"] == "mc":
@@ -367,12 +371,12 @@ class NaturalGradient(CurvatureOptimizer):
 
     @torch.no_grad()
     def _update(self, closure, evaluation: Evaluation[Observation]) -> Step | Skip:
-        self.coverage.check_gradients(self.name)
+        self._coverage.check_gradients(self.name)
         observation = evaluation.data
         if observation is None:
             return Skip("nothing observed")
         active = [p for g in self.param_groups for p in g["params"]
-                  if p.grad is not None and self.coverage.trainable(p)]
+                  if p.grad is not None and self._coverage.trainable(p)]
         if not active:
             return Step()
         s = observation.scale.scale
@@ -416,7 +420,7 @@ class NaturalGradient(CurvatureOptimizer):
         return list(by_layer.values())
 
     def _damping(self, block: list[Tensor], columns: dict[int, Columns]) -> dict[int, float] | None:
-        lam = {id(p): float(self.coverage.group(p)["damping"]) for p in block}
+        lam = {id(p): float(self._coverage.group(p)["damping"]) for p in block}
         if not self.optimizer_hparams["relative_damping"]:
             return lam
         mean = gram_trace(columns, [id(p) for p in block]) / sum(p.numel() for p in block)
