@@ -182,25 +182,13 @@ def same_code(start: dict[str, str]) -> dict[str, str]:
 def compact(scratch: Path, target: Path, names: list[str]) -> None:
     """Copy the runs of comparisons ``names`` into a fresh store, evaluation points only."""
     from curvlab.harness import Store
+    from curvlab.harness.reproduce import export
 
     src = Store(scratch, readonly=True)
-    if target.exists():
-        target.unlink()
-    dst = Store(target)
     try:
-        for name in names:
-            cid, spec = src.comparison(name)
-            dst.add_comparison(cid, spec)
-            members = src.members(cid)
-            for key in dict.fromkeys(key for key, _, _ in members):
-                result = src.result(key, curve=True)
-                result.curve = [p for p in result.curve if p.kind == "eval"]
-                dst.mark_running(src.config(key))
-                dst.save(result)
-            dst.add_members(cid, members)
+        export(src, target, [src.comparison(name)[0] for name in names])
     finally:
         src.close()
-        dst.close()
 
 
 def regenerate(name: str, jobs: int, resume: bool) -> Path:
